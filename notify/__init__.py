@@ -1,0 +1,26 @@
+"""notify: realtime notifications for Django over Server-Sent Events."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from notify.models import Event
+
+__all__ = ["apublish", "publish"]
+
+
+def publish(channel: str, data: Any = None, *, event: str = "message") -> Event:
+    from notify.api import publish as _publish
+
+    return _publish(channel, data, event=event)
+
+
+async def apublish(channel: str, data: Any = None, *, event: str = "message") -> Event:
+    from notify.api import apublish as _apublish
+
+    return await _apublish(channel, data, event=event)
+
+
+publish.__doc__ = "Store an event and broadcast it after commit; see ``notify.api.publish``."
+apublish.__doc__ = "Async ``publish``; see ``notify.api.apublish``."

@@ -1,0 +1,140 @@
+"""Serving streams at the ASGI level, in front of Django's request handler.
+
+Django's ASGI handler gives every request its own thread for sync work (asgiref's
+ThreadSensitiveContext), kept until the response ends: for an endless stream that is a
+thread per open connection. ``NotifyASGIHandler`` wraps the project's ASGI application and
+serves the URL of ``notify:stream`` itself, so an open stream holds no thread and no
+database connection, only a subscriber in the process's hub::
+
+    # project/asgi.py
+    from django.core.asgi import get_asgi_application
+    from notify.asgi import NotifyASGIHandler
+
+    application = NotifyASGIHandler(get_asgi_application())
+
+Every other request goes to the wrapped application unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from django.core.exceptions import ValidationError
+from django.urls import Resolver404, resolve
+
+from notify import sse
+from notify.conf import notify_settings
+from notify.hub import HubUnavailable, get_hub
+from notify.stream import HEADERS, EventStream, parse_stream_request
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_RESPONSE_HEADERS = [(name.lower().encode(), value.encode()) for name, value in HEADERS]
+
+
+class NotifyASGIHandler:
+    """Serve notify's streams directly; pass everything else to ``application``."""
+
+    def __init__(self, application: ASGIApp) -> None:
+        self.application = application
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_stream_path(_path_info(scope)):
+            await serve_stream(scope, receive, send)
+        else:
+            await self.application(scope, receive, send)
+
+
+def _path_info(scope: Scope) -> str:
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    return path.removeprefix(root_path) if root_path else path
+
+
+@functools.lru_cache(maxsize=1024)
+def is_stream_path(path: str) -> bool:
+    """Whether ``path`` resolves to notify's stream view (cached; cleared when URLs change)."""
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return False
+    return getattr(match.func, "notify_stream", False)
+
+
+async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["method"] != "GET":
+        await _plain_response(send, 405, "Streams are read with GET.", [(b"allow", b"GET")])
+        return
+    last_event_id = _header(scope, b"last-event-id")
+    params = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    try:
+        request = parse_stream_request(params, last_event_id)
+    except ValidationError as exc:
+        await _plain_response(send, 400, exc.messages[0])
+        return
+    hub = get_hub()
+    try:
+        subscriber = await hub.subscribe(request.channels)
+    except HubUnavailable as exc:
+        await _plain_response(send, 503, f"Streams are unavailable: {exc}.", [(b"retry-after", b"5")])
+        return
+    # The client leaving ends the stream at once, even while it waits for events.
+    watcher = asyncio.ensure_future(_until_disconnect(receive))
+    watcher.add_done_callback(lambda _: subscriber.close("client-gone"))
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": _RESPONSE_HEADERS})
+        await _write(send, sse.retry_frame(notify_settings.RETRY_MS))
+        async for chunk in EventStream(subscriber, request.cursor).body():
+            await _write(send, chunk)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if subscriber.closed != "too-slow":
+            raise
+        # The hub cancelled a write the client was not reading: end this response only.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+    finally:
+        hub.unsubscribe(subscriber)
+        watcher.cancel()
+
+
+async def _write(send: Send, body: bytes) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            # HTTP header bytes are latin-1 by definition; nothing is lost decoding them.
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def _plain_response(
+    send: Send, status: int, reason: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = (reason + "\n").encode("utf-8")
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    with contextlib.suppress(OSError):
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,52 @@
+"""The embedded broker: no Redis. Notices reach the streams of the publishing process at once;
+other processes find new events by watching the database (``polls``)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+from notify.broker.base import RESYNC, Broker, Resync
+
+# Notices waiting for the hub; beyond this the hub re-reads from the database instead.
+QUEUE_SIZE = 10_000
+
+
+class LocalBroker(Broker):
+    polls = True
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[bytes | Resync]]] = []
+
+    def publish(self, notice: bytes) -> None:
+        with self._lock:
+            targets = list(self._queues)
+        for loop, queue in targets:
+            try:
+                loop.call_soon_threadsafe(_offer, queue, notice)
+            except RuntimeError:  # that loop is closed
+                pass
+
+    async def subscribe(self) -> AsyncIterator[bytes | Resync]:
+        entry = (asyncio.get_running_loop(), asyncio.Queue[bytes | Resync](QUEUE_SIZE))
+        with self._lock:
+            self._queues.append(entry)
+        try:
+            yield RESYNC
+            while True:
+                yield await entry[1].get()
+        finally:
+            with self._lock:
+                self._queues.remove(entry)
+
+
+def _offer(queue: asyncio.Queue[bytes | Resync], notice: bytes) -> None:
+    try:
+        queue.put_nowait(notice)
+    except asyncio.QueueFull:
+        # The hub is far behind: drop what waits and let it read the database instead.
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(RESYNC)

@@ -1,0 +1,99 @@
+"""Redis pub/sub broker: one PUBLISH per event, one subscription per server process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+
+import redis
+import redis.asyncio as aioredis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from notify.broker.base import RESYNC, Broker, Resync
+
+logger = logging.getLogger("notify.broker")
+
+_RETRY_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+# Reconnect delays after Redis goes away: 0.1 s doubling to 2 s.
+_FIRST_DELAY = 0.1
+_MAX_DELAY = 2.0
+
+
+class RedisBroker(Broker):
+    def __init__(self, url: str, prefix: str = "notify", health_check_seconds: float = 15.0):
+        self.url = url
+        self.channel = f"{prefix}:events"
+        self.health_check_seconds = health_check_seconds
+        self._connected = False
+        self._client: redis.Redis | None = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def _publisher(self) -> redis.Redis:
+        with self._client_lock:
+            if self._client is None:
+                self._client = redis.Redis.from_url(
+                    self.url,
+                    socket_connect_timeout=2,
+                    socket_timeout=2,
+                    retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                    retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                )
+            return self._client
+
+    def publish(self, notice: bytes) -> None:
+        try:
+            self._publisher().publish(self.channel, notice)
+        except redis.RedisError:
+            # The event is committed; subscribers read it from the database when they
+            # reconnect, or when the next notice shows them the gap.
+            logger.warning("notify: could not publish to Redis at %s", self.url, exc_info=True)
+
+    async def subscribe(self) -> AsyncIterator[bytes | Resync]:
+        delay = _FIRST_DELAY
+        while True:
+            client = aioredis.Redis.from_url(
+                self.url,
+                socket_connect_timeout=2,
+                health_check_interval=self.health_check_seconds,
+                socket_keepalive=True,
+            )
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self._connected = True
+                delay = _FIRST_DELAY
+                yield RESYNC
+                while True:
+                    message = await pubsub.get_message(timeout=self.health_check_seconds)
+                    if message is not None and message["type"] == "message":
+                        yield message["data"]
+            except _RETRY_ERRORS as exc:
+                if self._connected:
+                    logger.warning("notify: lost the Redis subscription (%s); reconnecting", exc)
+                self._connected = False
+            finally:
+                self._connected = False
+                await _close_quietly(pubsub, client)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_DELAY)
+
+    async def aclose(self) -> None:
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+async def _close_quietly(pubsub: aioredis.client.PubSub, client: aioredis.Redis) -> None:
+    try:
+        await pubsub.aclose()
+        await client.aclose()
+    except Exception:  # the connection is already broken; nothing to release
+        logger.debug("notify: error closing a broken Redis connection", exc_info=True)

@@ -1,0 +1,91 @@
+"""System checks: misconfiguration is reported by ``manage.py check`` and at start-up."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning, register
+from django.db import connections, router
+
+from notify.conf import DEFAULTS
+
+_POSITIVE_INTS = ("MAX_PAYLOAD_BYTES", "MAX_CHANNELS", "RETRY_MS", "MAX_BUFFER", "REPLAY_BATCH")
+_POSITIVE_NUMBERS = ("HEARTBEAT_SECONDS", "POLL_SECONDS")
+_ORDERED_VENDORS = ("postgresql", "sqlite")
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    raw = getattr(settings, "NOTIFY", {})
+    if not isinstance(raw, dict):
+        return [
+            Error(
+                f"NOTIFY must be a dict, not {type(raw).__name__}.",
+                hint="Set NOTIFY = {} or a dict of the settings you change.",
+                id="notify.E001",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for key in sorted(set(raw) - set(DEFAULTS)):
+        errors.append(
+            Warning(
+                f"NOTIFY has an unknown key {key!r}; it is ignored.",
+                hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+                id="notify.W001",
+            )
+        )
+    for key in _POSITIVE_INTS:
+        value = raw.get(key, DEFAULTS[key])
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            errors.append(
+                Error(f'NOTIFY["{key}"] must be a positive integer, not {value!r}.', id="notify.E002")
+            )
+    for key in (*_POSITIVE_NUMBERS, "GAP_WAIT_SECONDS"):
+        value = raw.get(key, DEFAULTS[key])
+        low_ok = key == "GAP_WAIT_SECONDS"
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or value < 0
+            or (value == 0 and not low_ok)
+        ):
+            errors.append(
+                Error(f'NOTIFY["{key}"] must be a positive number, not {value!r}.', id="notify.E003")
+            )
+    redis_url = raw.get("REDIS_URL")
+    if redis_url and urlsplit(str(redis_url)).scheme not in ("redis", "rediss", "unix"):
+        errors.append(
+            Error(
+                f'NOTIFY["REDIS_URL"] {redis_url!r} is not a Redis URL.',
+                hint="Use redis://host:port/db, rediss://... or unix:///path/to/socket.",
+                id="notify.E004",
+            )
+        )
+    if not settings.USE_TZ:
+        errors.append(
+            Error(
+                "notify needs USE_TZ = True: event timestamps are sent as UTC.",
+                id="notify.E005",
+            )
+        )
+    return errors
+
+
+@register(deploy=False)
+def check_database(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from notify.models import Event
+
+    alias = router.db_for_write(Event)
+    vendor = connections[alias].vendor
+    if vendor in _ORDERED_VENDORS:
+        return []
+    return [
+        Warning(
+            f"notify keeps events in commit order only on PostgreSQL and SQLite; "
+            f"database {alias!r} is {vendor}.",
+            hint="Concurrent publishers may be delivered out of id order.",
+            id="notify.W002",
+        )
+    ]

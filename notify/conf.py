@@ -1,0 +1,92 @@
+"""The one place that reads notify's settings.
+
+Every setting lives in the ``NOTIFY`` dict of the project's settings. Values are read
+on each access (not cached at import), so ``override_settings(NOTIFY=...)`` works in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # Redis for cross-process fan-out; None runs the embedded broker (one process polls the DB).
+    "REDIS_URL": None,
+    # Dotted path of a notify.broker.base.Broker subclass; None picks Redis or embedded.
+    "BROKER": None,
+    # Prefix of the Redis pub/sub channel, so several projects can share one Redis.
+    "REDIS_PREFIX": "notify",
+    "MAX_PAYLOAD_BYTES": 64 * 1024,
+    "MAX_CHANNELS": 32,
+    "RETRY_MS": 3000,
+    "HEARTBEAT_SECONDS": 15.0,
+    # Events waiting for one slow stream before it is closed (it resumes from the database).
+    "MAX_BUFFER": 1000,
+    # How often the embedded broker (or a process whose Redis is down) looks for new ids.
+    "POLL_SECONDS": 0.5,
+    # Rows per replay query.
+    "REPLAY_BATCH": 500,
+    # How long a process waits for a missing id to arrive before asking the database.
+    "GAP_WAIT_SECONDS": 0.05,
+}
+
+
+def user_settings() -> dict[str, Any]:
+    value = getattr(settings, "NOTIFY", {})
+    return value if isinstance(value, dict) else {}
+
+
+def get(name: str) -> Any:
+    return user_settings().get(name, DEFAULTS[name])
+
+
+class Settings:
+    """Typed accessors; each property reads the current value of one setting."""
+
+    @property
+    def REDIS_URL(self) -> str | None:
+        return get("REDIS_URL") or None
+
+    @property
+    def BROKER(self) -> str | None:
+        return get("BROKER")
+
+    @property
+    def REDIS_PREFIX(self) -> str:
+        return str(get("REDIS_PREFIX"))
+
+    @property
+    def MAX_PAYLOAD_BYTES(self) -> int:
+        return int(get("MAX_PAYLOAD_BYTES"))
+
+    @property
+    def MAX_CHANNELS(self) -> int:
+        return int(get("MAX_CHANNELS"))
+
+    @property
+    def RETRY_MS(self) -> int:
+        return int(get("RETRY_MS"))
+
+    @property
+    def HEARTBEAT_SECONDS(self) -> float:
+        return float(get("HEARTBEAT_SECONDS"))
+
+    @property
+    def MAX_BUFFER(self) -> int:
+        return int(get("MAX_BUFFER"))
+
+    @property
+    def POLL_SECONDS(self) -> float:
+        return float(get("POLL_SECONDS"))
+
+    @property
+    def REPLAY_BATCH(self) -> int:
+        return int(get("REPLAY_BATCH"))
+
+    @property
+    def GAP_WAIT_SECONDS(self) -> float:
+        return float(get("GAP_WAIT_SECONDS"))
+
+
+notify_settings = Settings()

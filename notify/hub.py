@@ -1,0 +1,323 @@
+"""The per-process fan-out: one broker subscription, shared by every stream of the process.
+
+The hub turns the broker's notices into one ordered sequence of events: every id once, in
+increasing order, with no gaps that the database could fill. Each event's bytes are built
+once (by the publisher) and the same bytes object is handed to every stream that wants it.
+
+Ordering: publishers commit in id order (see ``notify.api``), so when the hub sees id N
+arrive while it has delivered only up to M < N-1, every event between M and N is already
+in the database (or was rolled back). The hub waits ``GAP_WAIT_SECONDS`` for the missing
+notices, then reads the gap from the database: one query per process, not per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+
+from notify.broker import RESYNC, Broker, Notice, decode_notice, get_broker
+from notify.conf import notify_settings
+from notify.db import db_call
+from notify.history import events_after, id_bounds
+
+logger = logging.getLogger("notify.hub")
+
+# A hub that cannot read its starting position in this long answers streams with 503.
+READY_TIMEOUT = 10.0
+# Notices held while waiting for a missing id; beyond this the gap is read at once.
+MAX_PENDING = 1000
+
+
+class HubUnavailable(Exception):
+    """The hub could not learn the newest id (the database is unreachable)."""
+
+
+class Subscriber:
+    """One stream's view of the hub: a bounded buffer of events and a way to wait for it."""
+
+    __slots__ = (
+        "channels",
+        "closed",
+        "frames",
+        "heartbeat_due",
+        "last_write",
+        "lost",
+        "replaying",
+        "sending",
+        "task",
+        "waiter",
+    )
+
+    def __init__(self, channels: tuple[str, ...], now: float) -> None:
+        self.channels = channels
+        self.frames: deque[Notice] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        # While replaying from the database, an overflowing buffer is emptied (``lost``) and
+        # the stream reads the database again; once live, an overflow closes the stream.
+        self.replaying = True
+        self.lost = False
+        self.closed: str | None = None
+        self.heartbeat_due = False
+        self.last_write = now
+        self.sending = False
+        self.task: asyncio.Task[object] | None = asyncio.current_task()
+
+    def push(self, notice: Notice, limit: int) -> None:
+        if self.closed:
+            return
+        if len(self.frames) >= limit:
+            if self.replaying:
+                self.frames.clear()
+                self.lost = True
+            else:
+                self.close("too-slow")
+            return
+        self.frames.append(notice)
+        self._wake()
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = reason
+        self.frames.clear()
+        self._wake()
+        if self.sending and reason == "too-slow" and self.task is not None:
+            # The server is blocking the stream's write (the client stopped reading): the
+            # wake-up alone would never be seen.
+            self.task.cancel()
+
+    def go_live(self, after: int) -> None:
+        """Leave replay: drop buffered events the replay already sent (ids ≤ ``after``)."""
+        frames = self.frames
+        while frames and frames[0].id <= after:
+            frames.popleft()
+        self.replaying = False
+
+    def take(self) -> bytes:
+        """Everything buffered, as one write."""
+        frames = self.frames
+        if len(frames) == 1:
+            data = frames[0].frame
+        else:
+            data = b"".join(notice.frame for notice in frames)
+        frames.clear()
+        return data
+
+    async def wait(self) -> None:
+        """Until there is something to write, a heartbeat is due, or the stream is closed."""
+        if self.frames or self.closed or self.heartbeat_due:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiter = waiter
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Hub:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.loop = asyncio.get_running_loop()
+        self.by_channel: dict[str, set[Subscriber]] = {}
+        self.subscribers: set[Subscriber] = set()
+        # The highest id delivered; None until the starting position is read.
+        self.last_id: int | None = None
+        self.pending: dict[int, Notice] = {}
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self._fill_lock = asyncio.Lock()
+        self._gap_timer: asyncio.TimerHandle | None = None
+        self._gap_task: asyncio.Task[None] | None = None
+        self._tasks = [
+            self.loop.create_task(self._supervise(self._listen), name="notify-hub-listen"),
+            self.loop.create_task(self._supervise(self._heartbeat), name="notify-hub-heartbeat"),
+            self.loop.create_task(self._supervise(self._watch_database), name="notify-hub-poll"),
+        ]
+
+    # -- streams ---------------------------------------------------------------------------
+
+    async def subscribe(self, channels: Iterable[str]) -> Subscriber:
+        """Register for live events. Call before querying for the replay."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.ready), READY_TIMEOUT)
+        except TimeoutError as exc:
+            raise HubUnavailable("the database could not be read") from exc
+        subscriber = Subscriber(tuple(channels), self.loop.time())
+        for channel in subscriber.channels:
+            self.by_channel.setdefault(channel, set()).add(subscriber)
+        self.subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        subscriber.close("unsubscribed")
+        self.subscribers.discard(subscriber)
+        for channel in subscriber.channels:
+            streams = self.by_channel.get(channel)
+            if streams is not None:
+                streams.discard(subscriber)
+                if not streams:
+                    del self.by_channel[channel]
+
+    def close(self) -> None:
+        """Stop the hub (settings changed); its streams end and their clients reconnect."""
+        for task in self._tasks:
+            task.cancel()
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+        for subscriber in list(self.subscribers):
+            subscriber.close("hub-closed")
+
+    # -- ordering --------------------------------------------------------------------------
+
+    def _on_notice(self, notice: Notice) -> None:
+        last_id = self.last_id
+        if last_id is None or notice.id <= last_id:
+            return  # delivered already (through the database or an earlier notice)
+        if notice.id == last_id + 1 and not self.pending:
+            self._deliver(notice)
+            return
+        self.pending[notice.id] = notice
+        self._drain_pending()
+        if self.pending:
+            self._schedule_gap_fill(immediately=len(self.pending) >= MAX_PENDING)
+
+    def _drain_pending(self) -> None:
+        pending = self.pending
+        assert self.last_id is not None
+        while pending:
+            notice = pending.pop(self.last_id + 1, None)
+            if notice is None:
+                break
+            self._deliver(notice)
+
+    def _deliver(self, notice: Notice) -> None:
+        self.last_id = notice.id
+        streams = self.by_channel.get(notice.channel)
+        if streams:
+            limit = notify_settings.MAX_BUFFER
+            for subscriber in streams:
+                subscriber.push(notice, limit)
+
+    def _schedule_gap_fill(self, immediately: bool = False) -> None:
+        if self._gap_task is not None and not self._gap_task.done():
+            return
+        if immediately or notify_settings.GAP_WAIT_SECONDS <= 0:
+            if self._gap_timer is not None:
+                self._gap_timer.cancel()
+                self._gap_timer = None
+            self._gap_task = self.loop.create_task(self._fill_gap())
+        elif self._gap_timer is None:
+            self._gap_timer = self.loop.call_later(
+                notify_settings.GAP_WAIT_SECONDS, self._schedule_gap_fill, True
+            )
+
+    async def _fill_gap(self) -> None:
+        while self.pending:
+            try:
+                await self.fill(until=max(self.pending))
+            except Exception:
+                logger.exception("notify: could not read a gap from the database; retrying")
+                await asyncio.sleep(1.0)
+
+    async def fill(self, until: int | None = None) -> None:
+        """Deliver from the database what the broker did not bring: ids after ``last_id``,
+        up to ``until`` (an id known to be committed) or to the newest stored."""
+        async with self._fill_lock:
+            assert self.last_id is not None
+            batch = notify_settings.REPLAY_BATCH
+            while True:
+                start = self.last_id
+                rows = await db_call(events_after, start, batch, until)
+                for notice in rows:
+                    # Notices may have advanced last_id while the query ran: only ever
+                    # consecutively, so skipping ids at or below it skips nothing unseen.
+                    if notice.id > self.last_id:
+                        self._deliver(notice)
+                if len(rows) < batch:
+                    break
+            if until is not None and until > self.last_id:
+                # Ids up to ``until`` that the database does not have were rolled back.
+                self.last_id = until
+            for stale in [key for key in self.pending if key <= self.last_id]:
+                del self.pending[stale]
+            self._drain_pending()
+
+    # -- background tasks ------------------------------------------------------------------
+
+    async def _supervise(self, run: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("notify: hub task %s failed; restarting", run.__name__)
+                await asyncio.sleep(1.0)
+
+    async def _listen(self) -> None:
+        async for item in self.broker.subscribe():
+            if item is RESYNC:
+                await self._resync()
+                continue
+            try:
+                notice = decode_notice(item)  # type: ignore[arg-type]
+            except ValueError:
+                logger.warning("notify: ignoring a malformed broker message %r", item[:80])
+                continue
+            self._on_notice(notice)
+
+    async def _resync(self) -> None:
+        if self.last_id is None:
+            _, newest = await db_call(id_bounds)
+            self.last_id = newest or 0
+            if not self.ready.done():
+                self.ready.set_result(None)
+        else:
+            await self.fill()
+
+    async def _watch_database(self) -> None:
+        """Look for new ids when the broker cannot bring other processes' events."""
+        while True:
+            await asyncio.sleep(notify_settings.POLL_SECONDS)
+            if self.last_id is not None and (self.broker.polls or not self.broker.connected):
+                await self.fill()
+
+    async def _heartbeat(self) -> None:
+        interval = notify_settings.HEARTBEAT_SECONDS
+        while True:
+            await asyncio.sleep(interval / 3)
+            cutoff = self.loop.time() - interval
+            for subscriber in self.subscribers:
+                if not subscriber.replaying and subscriber.last_write <= cutoff:
+                    subscriber.heartbeat_due = True
+                    subscriber._wake()
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+def get_hub() -> Hub:
+    """The hub of the running event loop, started on first use."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = Hub(get_broker())
+    return hub
+
+
+def reset_hubs() -> None:
+    """Stop every hub (on ``setting_changed``); the next stream starts a fresh one."""
+    for loop, hub in list(_hubs.items()):
+        del _hubs[loop]
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(hub.close)

@@ -1,0 +1,79 @@
+"""The Server-Sent Events wire format of notify. No Django imports: this is the protocol.
+
+Every event notify sends looks exactly like this (``\\n`` line endings, no BOM)::
+
+    id: 42
+    event: message
+    data: {"id": 42, "channel": "orders", "event": "message", "created": "...Z", "data": ...}
+
+The ``data`` line is one line of JSON with every non-ASCII character escaped, so no payload
+can contain a line break (not even U+2028) and forge a field. Control events are named
+``notify.*``; only ``notify.open`` and ``notify.reset`` carry an ``id:``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+CONTROL_PREFIX = "notify."
+OPEN = "notify.open"
+CATCHUP_START = "notify.catchup-start"
+CATCHUP_END = "notify.catchup-end"
+RESET = "notify.reset"
+
+HEARTBEAT = b": heartbeat\n\n"
+
+
+def encode_json(value: Any) -> str:
+    """One line of JSON, ASCII only, keys sorted.
+
+    Sorted keys make the bytes of an event the same whether it is built from the Python
+    value at publish time or from the database on replay (PostgreSQL's jsonb reorders keys).
+    """
+    return json.dumps(value, ensure_ascii=True, sort_keys=True, allow_nan=False)
+
+
+def format_created(created: datetime) -> str:
+    """``2026-11-22T10:00:00.123456Z``: UTC, always with microseconds."""
+    return created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def envelope(event_id: int, channel: str, event: str, created: datetime, payload_json: str) -> str:
+    """The JSON object carried on the ``data:`` line of an event, in a fixed key order."""
+    return (
+        f'{{"id": {event_id}, "channel": {json.dumps(channel)}, "event": {json.dumps(event)}, '
+        f'"created": "{format_created(created)}", "data": {payload_json}}}'
+    )
+
+
+def event_frame(event_id: int, event: str, data_line: str) -> bytes:
+    """The complete bytes of one event; ``event`` and ``data_line`` must hold no line breaks."""
+    return f"id: {event_id}\nevent: {event}\ndata: {data_line}\n\n".encode("ascii")
+
+
+def control_frame(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
+    id_line = "" if event_id is None else f"id: {event_id}\n"
+    return f"{id_line}event: {event}\ndata: {encode_json(data)}\n\n".encode("ascii")
+
+
+def retry_frame(milliseconds: int) -> bytes:
+    """The stream's first bytes: the reconnection delay (dispatches no event)."""
+    return f"retry: {milliseconds}\n\n".encode("ascii")
+
+
+def open_frame(last_id: int) -> bytes:
+    return control_frame(OPEN, {"last_id": last_id}, event_id=last_id)
+
+
+def catchup_start_frame(after: int) -> bytes:
+    return control_frame(CATCHUP_START, {"after": after})
+
+
+def catchup_end_frame(count: int, last_id: int) -> bytes:
+    return control_frame(CATCHUP_END, {"count": count, "last_id": last_id})
+
+
+def reset_frame(reason: str, oldest_id: int | None, cursor: int) -> bytes:
+    return control_frame(RESET, {"oldest_id": oldest_id, "reason": reason}, event_id=cursor)

@@ -1,0 +1,133 @@
+"""One event stream: replay what the client missed since its cursor, then tail live events.
+
+Transport-agnostic: ``EventStream.body()`` yields the bytes to write; ``notify.asgi`` and
+``notify.views`` write them to an HTTP response.
+
+The seam between replay and live is exact because the stream registers with the hub
+*before* it queries the database: every event committed after the query reaches the
+subscriber's buffer, and buffered events the replay already sent (id ≤ the last replayed
+id) are dropped when the stream goes live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from django.core.exceptions import ValidationError
+
+from notify import sse
+from notify.conf import notify_settings
+from notify.db import db_call
+from notify.history import id_bounds, replay
+from notify.hub import Subscriber
+from notify.validation import parse_cursor, validate_channel
+
+DEFAULT_CHANNEL = "broadcast"
+CONTENT_TYPE = "text/event-stream; charset=utf-8"
+# Headers of every stream response. X-Accel-Buffering tells nginx not to buffer.
+HEADERS = (
+    ("Content-Type", CONTENT_TYPE),
+    ("Cache-Control", "no-store"),
+    ("X-Accel-Buffering", "no"),
+)
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    channels: tuple[str, ...]
+    #: The raw cursor (``Last-Event-ID`` header, else ``lastEventId``), None when absent.
+    cursor: str | None
+
+
+def parse_stream_request(
+    params: Iterable[tuple[str, str]], last_event_id: str | None
+) -> StreamRequest:
+    """Read the channels and the cursor of a stream request. Raises ValidationError."""
+    channels: list[str] = []
+    query_cursor: str | None = None
+    for name, value in params:
+        if name == "channel":
+            channel = validate_channel(value)
+            if channel in channels:
+                raise ValidationError(f'channel "{channel}" is given twice', code="repeated")
+            channels.append(channel)
+        elif name == "lastEventId":
+            query_cursor = value
+    limit = notify_settings.MAX_CHANNELS
+    if len(channels) > limit:
+        raise ValidationError(
+            f'{len(channels)} channels requested; the limit is {limit} (NOTIFY["MAX_CHANNELS"])',
+            code="too_many",
+        )
+    # An empty Last-Event-ID is what a client sends before it has seen an id: no cursor.
+    cursor = last_event_id or query_cursor or None
+    return StreamRequest(tuple(channels) or (DEFAULT_CHANNEL,), cursor)
+
+
+class EventStream:
+    def __init__(self, subscriber: Subscriber, cursor: str | None) -> None:
+        self.subscriber = subscriber
+        self.cursor = cursor
+        # The id the client has everything up to, for the stream's channels.
+        self.position = 0
+        self.replayed = 0
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The stream after its first bytes (``retry:``), until the stream is closed."""
+        oldest, newest = await db_call(id_bounds)
+        newest = newest or 0
+        cursor = None if self.cursor is None else parse_cursor(self.cursor)
+        if self.cursor is None:
+            self.position = newest
+            yield sse.open_frame(newest)
+        elif cursor is None or cursor > newest:
+            reason = "invalid-cursor" if cursor is None else "unknown-cursor"
+            self.position = newest
+            yield sse.reset_frame(reason, oldest, newest)
+        else:
+            if oldest is not None and cursor + 1 < oldest:
+                # Retention deleted events after the cursor; replay what is left.
+                cursor = oldest - 1
+                yield sse.reset_frame("history-gone", oldest, cursor)
+            self.position = cursor
+            yield sse.catchup_start_frame(cursor)
+            async for chunk in self._from_database():
+                yield chunk
+            yield sse.catchup_end_frame(self.replayed, self.position)
+        if self.subscriber.lost:
+            # Live events overflowed the buffer before the stream went live.
+            async for chunk in self._from_database():
+                yield chunk
+        async for chunk in self._live():
+            yield chunk
+
+    async def _from_database(self) -> AsyncIterator[bytes]:
+        """Events after ``position`` from the database, until the live buffer holds the rest."""
+        subscriber = self.subscriber
+        batch = notify_settings.REPLAY_BATCH
+        while not subscriber.closed:
+            subscriber.lost = False
+            rows = await db_call(replay, subscriber.channels, self.position, batch)
+            if rows:
+                self.position = rows[-1].id
+                self.replayed += len(rows)
+                yield b"".join(notice.frame for notice in rows)
+            if len(rows) < batch and not subscriber.lost:
+                return
+
+    async def _live(self) -> AsyncIterator[bytes]:
+        subscriber = self.subscriber
+        subscriber.go_live(self.position)
+        loop = asyncio.get_running_loop()
+        while True:
+            await subscriber.wait()
+            if subscriber.closed:
+                return
+            data = subscriber.take() if subscriber.frames else sse.HEARTBEAT
+            subscriber.heartbeat_due = False
+            subscriber.sending = True
+            yield data
+            subscriber.sending = False
+            subscriber.last_write = loop.time()

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from notify import views
+
+app_name = "notify"
+
+urlpatterns = [
+    path("stream/", views.stream, name="stream"),
+]

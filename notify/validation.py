@@ -1,0 +1,131 @@
+"""Validation of what may be published or subscribed to, with errors that say what is wrong."""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Any
+
+from django.core.exceptions import ValidationError
+
+from notify.conf import notify_settings
+from notify.sse import CONTROL_PREFIX, encode_json
+
+CHANNEL_CHARS = "[A-Za-z0-9_.:@/-]"
+EVENT_CHARS = "[A-Za-z0-9_.:-]"
+MAX_CHANNEL_LENGTH = 200
+MAX_EVENT_LENGTH = 64
+MAX_CURSOR_DIGITS = 20
+
+_CHANNEL_BAD = re.compile(r"[^A-Za-z0-9_.:@/-]")
+_EVENT_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
+_CURSOR = re.compile(r"[0-9]{1,%d}" % MAX_CURSOR_DIGITS)
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _describe(char: str) -> str:
+    if char == " ":
+        return "a space"
+    if char.isprintable():
+        return f'"{char}"'
+    name = unicodedata.name(char, "") or "a control character"
+    return f"U+{ord(char):04X} ({name})"
+
+
+def _validate_name(value: Any, what: str, bad: re.Pattern[str], chars: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string, not {type(value).__name__}", code="type")
+    if not value:
+        raise ValidationError(f"{what} is empty; use 1–{limit} characters of {chars}", code="empty")
+    if len(value) > limit:
+        raise ValidationError(
+            f"{what} is {len(value)} characters long; the limit is {limit}", code="too_long"
+        )
+    found = bad.search(value)
+    if found:
+        shown = value if value.isprintable() else value.encode("unicode_escape").decode("ascii")
+        raise ValidationError(
+            f'{what} "{shown}" contains {_describe(found.group())}; use only {chars}',
+            code="bad_character",
+        )
+    return value
+
+
+def validate_channel(channel: Any) -> str:
+    return _validate_name(channel, "channel", _CHANNEL_BAD, CHANNEL_CHARS, MAX_CHANNEL_LENGTH)
+
+
+def validate_event_type(event: Any) -> str:
+    event = _validate_name(event, "event type", _EVENT_BAD, EVENT_CHARS, MAX_EVENT_LENGTH)
+    if event.startswith(CONTROL_PREFIX):
+        raise ValidationError(
+            f'event type "{event}" starts with "{CONTROL_PREFIX}", which is reserved for '
+            "notify's control events",
+            code="reserved",
+        )
+    return event
+
+
+def _find_unstorable(value: Any) -> str | None:
+    """The first NUL or surrogate code point in any string of ``value``, keys included."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found = _UNSTORABLE.search(item)
+            if found:
+                return found.group()
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
+
+
+def encode_payload(data: Any) -> tuple[Any, str]:
+    """Check ``data`` and encode it once: returns (the value to store, its JSON text).
+
+    The stored value is the JSON text decoded again, so what is replayed from the database
+    is exactly what was broadcast live (tuples become lists, int keys become strings).
+    """
+    try:
+        text = encode_json(data)
+    except ValueError as exc:
+        if "Out of range float" in str(exc):
+            raise ValidationError(
+                "data contains NaN or Infinity, which JSON cannot represent", code="nan"
+            ) from exc
+        raise ValidationError(f"data is not JSON-serializable: {exc}", code="not_json") from exc
+    except TypeError as exc:
+        raise ValidationError(f"data is not JSON-serializable: {exc}", code="not_json") from exc
+    except RecursionError as exc:
+        raise ValidationError("data is nested too deeply to encode", code="too_deep") from exc
+    # Decoding and encoding again normalises the value (int keys to strings, tuples to
+    # lists) so that the bytes sent live are the bytes rebuilt from the database later.
+    normalized = json.loads(text)
+    text = encode_json(normalized)
+    limit = notify_settings.MAX_PAYLOAD_BYTES
+    if len(text) > limit:
+        raise ValidationError(
+            f'data is {len(text):,} bytes encoded; the limit is {limit:,} (NOTIFY["MAX_PAYLOAD_BYTES"])',
+            code="too_large",
+        )
+    bad = _find_unstorable(normalized)
+    if bad == "\x00":
+        raise ValidationError(
+            "data contains a NUL character (\\u0000), which the database cannot store",
+            code="nul",
+        )
+    if bad is not None:
+        raise ValidationError(
+            f"data contains a lone surrogate (U+{ord(bad):04X}), which is not valid Unicode",
+            code="surrogate",
+        )
+    return normalized, text
+
+
+def parse_cursor(raw: str) -> int | None:
+    """The cursor as an int, or None when it is not a non-negative integer of ≤ 20 digits."""
+    return int(raw) if _CURSOR.fullmatch(raw) else None

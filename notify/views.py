@@ -1,0 +1,72 @@
+"""The stream's URL. Normally ``notify.asgi.NotifyASGIHandler`` answers this URL before
+Django sees the request; this view serves the stream when the project's ASGI application
+is not wrapped (it works, but Django's handler then keeps a thread per open stream)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl
+
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+
+from notify import sse
+from notify.conf import notify_settings
+from notify.hub import Hub, HubUnavailable, Subscriber, get_hub
+from notify.stream import HEADERS, EventStream, parse_stream_request
+
+logger = logging.getLogger("notify.views")
+_warned = False
+
+
+async def stream(request: HttpRequest) -> HttpResponse:
+    _warn_unwrapped()
+    if request.method != "GET":
+        response = HttpResponse("Streams are read with GET.\n", status=405, content_type="text/plain")
+        response["Allow"] = "GET"
+        return response
+    try:
+        stream_request = parse_stream_request(
+            parse_qsl(request.META.get("QUERY_STRING", ""), keep_blank_values=True),
+            request.headers.get("Last-Event-ID"),
+        )
+    except ValidationError as exc:
+        return HttpResponse(exc.messages[0] + "\n", status=400, content_type="text/plain")
+    hub = get_hub()
+    try:
+        subscriber = await hub.subscribe(stream_request.channels)
+    except HubUnavailable as exc:
+        response = HttpResponse(f"Streams are unavailable: {exc}.\n", status=503, content_type="text/plain")
+        response["Retry-After"] = "5"
+        return response
+    # GZipMiddleware would buffer and compress the stream: it only compresses for clients
+    # that accept gzip, so make this request not accept it.
+    request.META["HTTP_ACCEPT_ENCODING"] = ""
+    response = StreamingHttpResponse(_body(hub, subscriber, stream_request.cursor))
+    for name, value in HEADERS:
+        response[name] = value
+    return response
+
+
+stream.notify_stream = True  # type: ignore[attr-defined]
+
+
+async def _body(hub: Hub, subscriber: Subscriber, cursor: str | None) -> AsyncIterator[bytes]:
+    try:
+        yield sse.retry_frame(notify_settings.RETRY_MS)
+        async for chunk in EventStream(subscriber, cursor).body():
+            yield chunk
+    finally:
+        hub.unsubscribe(subscriber)
+
+
+def _warn_unwrapped() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        logger.warning(
+            "notify: a stream is served through Django's request handler, which holds a "
+            "thread per open stream. Wrap the ASGI application with "
+            "notify.asgi.NotifyASGIHandler (see the README)."
+        )

@@ -1,0 +1,91 @@
+"""Settings of the test suite: a minimal project set up the way the README tells users to.
+
+The environment chooses the services: ``DATABASE_URL`` switches to PostgreSQL (else a
+SQLite file, so that server processes started by the tests share it); ``REDIS_URL`` is
+filled in by tests/conftest.py (a private redis-server when none is given).
+``NOTIFY_TEST_DB_NAME`` and ``NOTIFY_TEST_*`` are set by the tests for the servers they start.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent
+
+SECRET_KEY = "notify-tests"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+# --- as in the README: "Adding notify to an existing project" -------------------------
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "notify",
+]
+ROOT_URLCONF = "tests.urls"
+ASGI_APPLICATION = "tests.asgi.application"
+NOTIFY = {
+    "REDIS_URL": os.environ.get("REDIS_URL") or None,
+    # Servers started by the tests get their own prefix so runs never hear each other.
+    "REDIS_PREFIX": os.environ.get("NOTIFY_TEST_REDIS_PREFIX", "notify-tests"),
+    **json.loads(os.environ.get("NOTIFY_TEST_SETTINGS", "{}")),
+}
+# ---------------------------------------------------------------------------------------
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+_SQLITE_FILE = str(BASE_DIR.parent / ".test-db.sqlite3")
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"])}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": _SQLITE_FILE,
+            # A file, not memory: daphne processes started by the tests read it too.
+            "TEST": {"NAME": _SQLITE_FILE},
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+            },
+        }
+    }
+# A server process started by a test uses the test database pytest-django created.
+if os.environ.get("NOTIFY_TEST_DB_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["NOTIFY_TEST_DB_NAME"]
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"notify": {"handlers": ["console"], "level": "WARNING"}},
+}
