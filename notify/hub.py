@@ -42,6 +42,7 @@ class Subscriber:
     __slots__ = (
         "channels",
         "closed",
+        "floor",
         "frames",
         "heartbeat_due",
         "last_write",
@@ -60,6 +61,8 @@ class Subscriber:
         # the stream reads the database again; once live, an overflow closes the stream.
         self.replaying = True
         self.lost = False
+        # Ids at or below this were sent from the database: their notices may still arrive.
+        self.floor = 0
         self.closed: str | None = None
         self.heartbeat_due = False
         self.last_write = now
@@ -67,7 +70,7 @@ class Subscriber:
         self.task: asyncio.Task[object] | None = asyncio.current_task()
 
     def push(self, notice: Notice, limit: int) -> None:
-        if self.closed:
+        if self.closed or notice.id <= self.floor:
             return
         if len(self.frames) >= limit:
             if self.replaying:
@@ -91,7 +94,9 @@ class Subscriber:
             self.task.cancel()
 
     def go_live(self, after: int) -> None:
-        """Leave replay: drop buffered events the replay already sent (ids ≤ ``after``)."""
+        """Leave replay: drop events the replay already sent (ids ≤ ``after``), both those
+        buffered now and those whose notices are still on their way to the hub."""
+        self.floor = after
         frames = self.frames
         while frames and frames[0].id <= after:
             frames.popleft()

@@ -5,8 +5,8 @@ Transport-agnostic: ``EventStream.body()`` yields the bytes to write; ``notify.a
 
 The seam between replay and live is exact because the stream registers with the hub
 *before* it queries the database: every event committed after the query reaches the
-subscriber's buffer, and buffered events the replay already sent (id ≤ the last replayed
-id) are dropped when the stream goes live.
+subscriber's buffer. Events the replay already sent (id ≤ the last replayed id) are dropped
+when the stream goes live, and so are their notices if they reach the hub only later.
 """
 
 from __future__ import annotations

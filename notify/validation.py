@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -17,6 +18,8 @@ EVENT_CHARS = "[A-Za-z0-9_.:-]"
 MAX_CHANNEL_LENGTH = 200
 MAX_EVENT_LENGTH = 64
 MAX_CURSOR_DIGITS = 20
+# Lists and objects nested in one another, at most.
+MAX_DEPTH = 500
 
 _CHANNEL_BAD = re.compile(r"[^A-Za-z0-9_.:@/-]")
 _EVENT_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
@@ -68,20 +71,50 @@ def validate_event_type(event: Any) -> str:
 
 
 def _find_unstorable(value: Any) -> str | None:
-    """The first NUL or surrogate code point in any string of ``value``, keys included."""
-    stack = [value]
+    """The first NUL or surrogate code point in any string of ``value``, keys included.
+
+    Raises ValidationError when ``value`` nests more than ``MAX_DEPTH`` lists and objects:
+    deeper data may pass ``json.dumps`` here yet hit the recursion limit when Django stores
+    it or when a server reads it back (which would stall every stream of that process).
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, str):
             found = _UNSTORABLE.search(item)
             if found:
                 return found.group()
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
+        elif isinstance(item, dict | list | tuple):
+            if depth >= MAX_DEPTH:
+                raise ValidationError(
+                    f"data is nested more than {MAX_DEPTH} levels deep", code="too_deep"
+                )
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
     return None
+
+
+def _parse_float(text: str) -> float | int:
+    # PostgreSQL's jsonb keeps numbers as numeric and prints them without an exponent:
+    # 1e+16 comes back as 10000000000000000 and -0.0 as 0.0. Normalise floats the same way
+    # so that the bytes replayed from any database are the bytes sent live.
+    if "e+" in text:  # Python writes floats of 1e16 and more this way; they are integers
+        return int(Decimal(text))
+    value = float(text)
+    return 0.0 if value == 0 else value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # {1: "a", "1": "b"} encodes to two "1" keys; decoding would silently keep one.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValidationError(
+                f"data has the key {json.dumps(key)} twice once keys are converted to strings",
+                code="duplicate_key",
+            )
+        result[key] = value
+    return result
 
 
 def encode_payload(data: Any) -> tuple[Any, str]:
@@ -91,7 +124,8 @@ def encode_payload(data: Any) -> tuple[Any, str]:
     is exactly what was broadcast live (tuples become lists, int keys become strings).
     """
     try:
-        text = encode_json(data)
+        # Keys are sorted only once they are strings: {1: "a", "b": 2} can't be sorted as is.
+        text = json.dumps(data, ensure_ascii=True, allow_nan=False)
     except ValueError as exc:
         if "Out of range float" in str(exc):
             raise ValidationError(
@@ -104,7 +138,7 @@ def encode_payload(data: Any) -> tuple[Any, str]:
         raise ValidationError("data is nested too deeply to encode", code="too_deep") from exc
     # Decoding and encoding again normalises the value (int keys to strings, tuples to
     # lists) so that the bytes sent live are the bytes rebuilt from the database later.
-    normalized = json.loads(text)
+    normalized = json.loads(text, parse_float=_parse_float, object_pairs_hook=_unique_keys)
     text = encode_json(normalized)
     limit = notify_settings.MAX_PAYLOAD_BYTES
     if len(text) > limit:

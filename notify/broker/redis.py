@@ -50,10 +50,10 @@ class RedisBroker(Broker):
     def publish(self, notice: bytes) -> None:
         try:
             self._publisher().publish(self.channel, notice)
-        except redis.RedisError:
+        except redis.RedisError as exc:
             # The event is committed; subscribers read it from the database when they
             # reconnect, or when the next notice shows them the gap.
-            logger.warning("notify: could not publish to Redis at %s", self.url, exc_info=True)
+            logger.warning("notify: could not publish to Redis at %s: %s", self.url, exc)
 
     async def subscribe(self) -> AsyncIterator[bytes | Resync]:
         delay = _FIRST_DELAY
