@@ -51,8 +51,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             or value < 0
             or (value == 0 and not low_ok)
         ):
+            kind = "a non-negative" if low_ok else "a positive"
             errors.append(
-                Error(f'NOTIFY["{key}"] must be a positive number, not {value!r}.', id="notify.E003")
+                Error(f'NOTIFY["{key}"] must be {kind} number, not {value!r}.', id="notify.E003")
             )
     redis_url = raw.get("REDIS_URL")
     if redis_url and urlsplit(str(redis_url)).scheme not in ("redis", "rediss", "unix"):

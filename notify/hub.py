@@ -143,6 +143,7 @@ class Hub:
         self._gap_timer: asyncio.TimerHandle | None = None
         self._gap_task: asyncio.Task[None] | None = None
         self._tasks = [
+            self.loop.create_task(self._supervise(self._start), name="notify-hub-start"),
             self.loop.create_task(self._supervise(self._listen), name="notify-hub-listen"),
             self.loop.create_task(self._supervise(self._heartbeat), name="notify-hub-heartbeat"),
             self.loop.create_task(self._supervise(self._watch_database), name="notify-hub-poll"),
@@ -269,10 +270,19 @@ class Hub:
                 logger.exception("notify: hub task %s failed; restarting", run.__name__)
                 await asyncio.sleep(1.0)
 
+    async def _start(self) -> None:
+        """Learn the newest id: the hub delivers what comes after it. This does not wait for
+        the broker, so streams open (and the database is watched) while Redis is down."""
+        _, newest = await db_call(id_bounds)
+        self.last_id = newest or 0
+        self.ready.set_result(None)
+
     async def _listen(self) -> None:
         async for item in self.broker.subscribe():
             if item is RESYNC:
-                await self._resync()
+                # Subscribed (again): what was published before is read from the database.
+                await asyncio.shield(self.ready)
+                await self.fill()
                 continue
             try:
                 notice = decode_notice(item)  # type: ignore[arg-type]
@@ -280,15 +290,6 @@ class Hub:
                 logger.warning("notify: ignoring a malformed broker message %r", item[:80])
                 continue
             self._on_notice(notice)
-
-    async def _resync(self) -> None:
-        if self.last_id is None:
-            _, newest = await db_call(id_bounds)
-            self.last_id = newest or 0
-            if not self.ready.done():
-                self.ready.set_result(None)
-        else:
-            await self.fill()
 
     async def _watch_database(self) -> None:
         """Look for new ids when the broker cannot bring other processes' events."""

@@ -8,6 +8,7 @@ filled in by tests/conftest.py (a private redis-server when none is given).
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -61,7 +62,8 @@ TEMPLATES = [
     }
 ]
 
-_SQLITE_FILE = str(BASE_DIR.parent / ".test-db.sqlite3")
+# One file per test run, so that runs side by side don't share a database.
+_SQLITE_FILE = os.path.join(tempfile.gettempdir(), f"notify-tests-{os.getpid()}.sqlite3")
 if os.environ.get("DATABASE_URL"):
     DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"])}
 else:

@@ -178,3 +178,19 @@ def test_embedded_server_answers_while_publishing_process_holds_no_broker(start_
     server = start_server(redis=None)
     response = httpx.get(f"{server.url}/notify/stream/?channel=a%20b", timeout=10)
     assert response.status_code == 400
+
+
+def test_a_server_started_while_redis_is_down_streams_from_the_database(
+    start_server, private_redis
+):
+    private_redis.stop()
+    server = start_server(redis=private_redis.url)
+    with override_settings(NOTIFY={"REDIS_URL": private_redis.url, "REDIS_PREFIX": REDIS_PREFIX}):
+        with SSEClient(f"{server.url}/notify/stream/?channel=orders") as client:
+            assert client.next().event == "notify.open"
+            down = notify.publish("orders", {"redis": "down"})
+            assert client.next().id == str(down.id)
+            private_redis.start()
+            time.sleep(2.5)  # the subscription's backoff reaches 2 s while Redis is down
+            up = notify.publish("orders", {"redis": "up"})
+            assert client.next().id == str(up.id)

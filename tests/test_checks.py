@@ -1,0 +1,188 @@
+"""notify.checks: each system check fires for its misconfiguration, and none for the defaults."""
+
+import io
+
+import pytest
+from django.core.checks import Error, Warning, run_checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.db import connection
+from django.test import override_settings
+
+from notify.checks import check_database, check_settings
+from notify.conf import DEFAULTS
+
+
+def notify_messages():
+    """What ``manage.py check`` reports for notify (through Django's check registry)."""
+    return [m for m in run_checks() if m.id and m.id.startswith("notify.")]
+
+
+def ids(messages):
+    return [m.id for m in messages]
+
+
+def with_notify(settings, **changes):
+    return override_settings(NOTIFY={**settings.NOTIFY, **changes})
+
+
+def test_no_messages_for_the_test_settings():
+    assert notify_messages() == []
+
+
+def test_no_messages_for_the_defaults():
+    with override_settings(NOTIFY=dict(DEFAULTS)):
+        assert notify_messages() == []
+    with override_settings(NOTIFY={}):
+        assert notify_messages() == []
+
+
+def test_no_messages_without_a_notify_setting(settings):
+    del settings.NOTIFY
+    assert check_settings() == []
+    assert notify_messages() == []
+
+
+@pytest.mark.parametrize("value", [[], "redis://x", None, 42, (("REDIS_URL", None),)])
+def test_e001_notify_is_not_a_dict(value):
+    with override_settings(NOTIFY=value):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E001"]
+        assert isinstance(messages[0], Error)
+        assert messages[0].msg == f"NOTIFY must be a dict, not {type(value).__name__}."
+        assert "notify.E001" in ids(notify_messages())
+
+
+def test_w001_unknown_key(settings):
+    with with_notify(settings, REDIS_ULR="redis://x", MAX_BUFER=3):
+        messages = check_settings()
+        assert ids(messages) == ["notify.W001", "notify.W001"]
+        assert all(isinstance(m, Warning) for m in messages)
+        assert messages[0].msg == "NOTIFY has an unknown key 'MAX_BUFER'; it is ignored."
+        assert messages[1].msg == "NOTIFY has an unknown key 'REDIS_ULR'; it is ignored."
+        assert "REDIS_URL" in messages[0].hint
+        assert ids(notify_messages()) == ["notify.W001", "notify.W001"]
+
+
+@pytest.mark.parametrize(
+    "key", ["MAX_PAYLOAD_BYTES", "MAX_CHANNELS", "RETRY_MS", "MAX_BUFFER", "REPLAY_BATCH"]
+)
+@pytest.mark.parametrize("value", [0, -1, 1.5, 100.0, "100", None, True, False])
+def test_e002_not_a_positive_integer(settings, key, value):
+    with with_notify(settings, **{key: value}):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E002"]
+        assert messages[0].msg == f'NOTIFY["{key}"] must be a positive integer, not {value!r}.'
+        assert ids(notify_messages()) == ["notify.E002"]
+
+
+@pytest.mark.parametrize(
+    "key", ["MAX_PAYLOAD_BYTES", "MAX_CHANNELS", "RETRY_MS", "MAX_BUFFER", "REPLAY_BATCH"]
+)
+@pytest.mark.parametrize("value", [1, 7, 10**6])
+def test_e002_accepts_positive_integers(settings, key, value):
+    with with_notify(settings, **{key: value}):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize("key", ["HEARTBEAT_SECONDS", "POLL_SECONDS"])
+@pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, "1", None, True])
+def test_e003_not_a_positive_number(settings, key, value):
+    with with_notify(settings, **{key: value}):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E003"]
+        assert messages[0].msg == f'NOTIFY["{key}"] must be a positive number, not {value!r}.'
+        assert ids(notify_messages()) == ["notify.E003"]
+
+
+@pytest.mark.parametrize("key", ["HEARTBEAT_SECONDS", "POLL_SECONDS"])
+@pytest.mark.parametrize("value", [0.01, 1, 15.0])
+def test_e003_accepts_positive_numbers(settings, key, value):
+    with with_notify(settings, **{key: value}):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize("value", [-0.05, -1, "0.05", None, False])
+def test_e003_gap_wait_must_not_be_negative(settings, value):
+    with with_notify(settings, GAP_WAIT_SECONDS=value):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E003"]
+        assert messages[0].msg == (
+            f'NOTIFY["GAP_WAIT_SECONDS"] must be a non-negative number, not {value!r}.'
+        )
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 0.05, 1])
+def test_e003_gap_wait_may_be_zero(settings, value):
+    with with_notify(settings, GAP_WAIT_SECONDS=value):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:6379", "127.0.0.1:6379", "localhost", "postgres://x/y", 6379]
+)
+def test_e004_not_a_redis_url(settings, url):
+    with with_notify(settings, REDIS_URL=url):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E004"]
+        assert messages[0].msg == f'NOTIFY["REDIS_URL"] {url!r} is not a Redis URL.'
+        assert ids(notify_messages()) == ["notify.E004"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://user:secret@example.com:6380/1",
+        "unix:///run/redis.sock",
+        None,
+        "",
+    ],
+)
+def test_e004_accepts_redis_urls_and_none(settings, url):
+    with with_notify(settings, REDIS_URL=url):
+        assert check_settings() == []
+
+
+def test_e005_use_tz_false():
+    with override_settings(USE_TZ=False):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E005"]
+        assert "USE_TZ = True" in messages[0].msg
+        assert "notify.E005" in ids(notify_messages())
+
+
+def test_w002_database_without_ordered_commits(monkeypatch):
+    assert check_database() == []
+    # No MySQL here to run: pretend the default database is one.
+    monkeypatch.setattr(connection, "vendor", "mysql")
+    messages = check_database()
+    assert ids(messages) == ["notify.W002"]
+    assert isinstance(messages[0], Warning)
+    assert messages[0].msg == (
+        "notify keeps events in commit order only on PostgreSQL and SQLite; "
+        "database 'default' is mysql."
+    )
+    assert ids(notify_messages()) == ["notify.W002"]
+
+
+def test_several_problems_are_reported_together(settings):
+    with (
+        with_notify(settings, MAX_BUFFER=0, POLL_SECONDS=-1, REDIS_URL="http://x", NOPE=1),
+        override_settings(USE_TZ=False),
+    ):
+        assert sorted(ids(check_settings())) == [
+            "notify.E002",
+            "notify.E003",
+            "notify.E004",
+            "notify.E005",
+            "notify.W001",
+        ]
+
+
+def test_manage_py_check_fails_on_errors(settings):
+    out = io.StringIO()
+    call_command("check", stdout=out, stderr=io.StringIO())
+    assert "no issues" in out.getvalue()
+    with with_notify(settings, RETRY_MS=0), pytest.raises(SystemCheckError, match="notify.E002"):
+        call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
