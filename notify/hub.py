@@ -30,6 +30,8 @@ logger = logging.getLogger("notify.hub")
 READY_TIMEOUT = 10.0
 # Notices held while waiting for a missing id; beyond this the gap is read at once.
 MAX_PENDING = 1000
+# Notices handled between two chances for the streams to run.
+YIELD_EVERY = 64
 
 
 class HubUnavailable(Exception):
@@ -243,11 +245,13 @@ class Hub:
             while True:
                 start = self.last_id
                 rows = await db_call(events_after, start, batch, until)
-                for notice in rows:
-                    # Notices may have advanced last_id while the query ran: only ever
-                    # consecutively, so skipping ids at or below it skips nothing unseen.
+                for count, notice in enumerate(rows, 1):
+                    # Notices may advance last_id meanwhile: only ever consecutively, so
+                    # skipping ids at or below it skips nothing unseen.
                     if notice.id > self.last_id:
                         self._deliver(notice)
+                    if count % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
                 if len(rows) < batch:
                     break
             if until is not None and until > self.last_id:
@@ -278,7 +282,13 @@ class Hub:
         self.ready.set_result(None)
 
     async def _listen(self) -> None:
+        handled = 0
         async for item in self.broker.subscribe():
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                # A burst may be read from the socket without ever suspending: let the
+                # streams write what they have before more piles up in their buffers.
+                await asyncio.sleep(0)
             if item is RESYNC:
                 # Subscribed (again): what was published before is read from the database.
                 await asyncio.shield(self.ready)

@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from notify import sse
 from notify.conf import notify_settings
@@ -20,6 +21,9 @@ logger = logging.getLogger("notify.views")
 _warned = False
 
 
+# Exempt so that CsrfViewMiddleware does not answer other methods with 403 before the
+# view answers 405; the view changes nothing, whatever the method.
+@csrf_exempt
 async def stream(request: HttpRequest) -> HttpResponse:
     _warn_unwrapped()
     if request.method != "GET":
