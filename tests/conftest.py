@@ -51,6 +51,17 @@ def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | 
     raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it is still running after 5 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
@@ -89,12 +100,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process)
             self.process = None
 
     def restart(self, down_for: float = 0.0) -> None:
@@ -178,13 +184,7 @@ class Server:
         return Path(self.log.name).read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.log.close()
 
 
