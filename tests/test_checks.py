@@ -184,5 +184,5 @@ def test_manage_py_check_fails_on_errors(settings):
     out = io.StringIO()
     call_command("check", stdout=out, stderr=io.StringIO())
     assert "no issues" in out.getvalue()
-    with with_notify(settings, RETRY_MS=0), pytest.raises(SystemCheckError, match="notify.E002"):
+    with with_notify(settings, RETRY_MS=0), pytest.raises(SystemCheckError, match=r"notify\.E002"):
         call_command("check", stdout=io.StringIO(), stderr=io.StringIO())

@@ -79,9 +79,7 @@ def test_created_is_utc_with_microseconds(created, expected):
 
 
 def test_control_frames_without_id():
-    assert sse.catchup_start_frame(17) == (
-        b'event: notify.catchup-start\ndata: {"after": 17}\n\n'
-    )
+    assert sse.catchup_start_frame(17) == (b'event: notify.catchup-start\ndata: {"after": 17}\n\n')
     assert sse.catchup_end_frame(3, 20) == (
         b'event: notify.catchup-end\ndata: {"count": 3, "last_id": 20}\n\n'
     )
