@@ -85,7 +85,9 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
     try:
         subscriber = await hub.subscribe(request.channels)
     except HubUnavailable as exc:
-        await _plain_response(send, 503, f"Streams are unavailable: {exc}.", [(b"retry-after", b"5")])
+        await _plain_response(
+            send, 503, f"Streams are unavailable: {exc}.", [(b"retry-after", b"5")]
+        )
         return
     # The client leaving ends the stream at once, even while it waits for events.
     watcher = asyncio.ensure_future(_until_disconnect(receive))

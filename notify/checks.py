@@ -40,7 +40,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         value = raw.get(key, DEFAULTS[key])
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             errors.append(
-                Error(f'NOTIFY["{key}"] must be a positive integer, not {value!r}.', id="notify.E002")
+                Error(
+                    f'NOTIFY["{key}"] must be a positive integer, not {value!r}.', id="notify.E002"
+                )
             )
     for key in (*_POSITIVE_NUMBERS, "GAP_WAIT_SECONDS"):
         value = raw.get(key, DEFAULTS[key])

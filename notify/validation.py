@@ -23,7 +23,7 @@ MAX_DEPTH = 500
 
 _CHANNEL_BAD = re.compile(r"[^A-Za-z0-9_.:@/-]")
 _EVENT_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
-_CURSOR = re.compile(r"[0-9]{1,%d}" % MAX_CURSOR_DIGITS)
+_CURSOR = re.compile(rf"[0-9]{{1,{MAX_CURSOR_DIGITS}}}")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -40,7 +40,9 @@ def _validate_name(value: Any, what: str, bad: re.Pattern[str], chars: str, limi
     if not isinstance(value, str):
         raise ValidationError(f"{what} must be a string, not {type(value).__name__}", code="type")
     if not value:
-        raise ValidationError(f"{what} is empty; use 1–{limit} characters of {chars}", code="empty")
+        raise ValidationError(
+            f"{what} is empty; use 1 to {limit} characters of {chars}", code="empty"
+        )
     if len(value) > limit:
         raise ValidationError(
             f"{what} is {len(value)} characters long; the limit is {limit}", code="too_long"
@@ -143,7 +145,8 @@ def encode_payload(data: Any) -> tuple[Any, str]:
     limit = notify_settings.MAX_PAYLOAD_BYTES
     if len(text) > limit:
         raise ValidationError(
-            f'data is {len(text):,} bytes encoded; the limit is {limit:,} (NOTIFY["MAX_PAYLOAD_BYTES"])',
+            f"data is {len(text):,} bytes encoded; "
+            f'the limit is {limit:,} (NOTIFY["MAX_PAYLOAD_BYTES"])',
             code="too_large",
         )
     bad = _find_unstorable(normalized)

@@ -27,7 +27,9 @@ _warned = False
 async def stream(request: HttpRequest) -> HttpResponse:
     _warn_unwrapped()
     if request.method != "GET":
-        response = HttpResponse("Streams are read with GET.\n", status=405, content_type="text/plain")
+        response = HttpResponse(
+            "Streams are read with GET.\n", status=405, content_type="text/plain"
+        )
         response["Allow"] = "GET"
         return response
     try:
@@ -41,7 +43,9 @@ async def stream(request: HttpRequest) -> HttpResponse:
     try:
         subscriber = await hub.subscribe(stream_request.channels)
     except HubUnavailable as exc:
-        response = HttpResponse(f"Streams are unavailable: {exc}.\n", status=503, content_type="text/plain")
+        response = HttpResponse(
+            f"Streams are unavailable: {exc}.\n", status=503, content_type="text/plain"
+        )
         response["Retry-After"] = "5"
         return response
     # GZipMiddleware would buffer and compress the stream: it only compresses for clients

@@ -38,7 +38,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 20.0, process: subprocess.Popen | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -87,11 +89,16 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 redis_server_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self.dir,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -157,12 +164,23 @@ class Server:
             command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), app]
         elif kind == "uvicorn":
             command = [
-                sys.executable, "-m", "uvicorn", "--host", "127.0.0.1",
-                "--port", str(self.port), "--no-access-log", "--lifespan", "off", app,
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                "--lifespan",
+                "off",
+                app,
             ]
         else:
             raise ValueError(kind)
-        self.log = tempfile.NamedTemporaryFile(prefix=f"notify-{kind}-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(
+            prefix=f"notify-{kind}-", suffix=".log", delete=False
+        )
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )

@@ -103,7 +103,7 @@ def test_event_type_option():
             ("bad channel", "1"),
             'channel "bad channel" contains a space; use only [A-Za-z0-9_.:@/-]',
         ),
-        (("",), "channel is empty; use 1\u2013200 characters of [A-Za-z0-9_.:@/-]"),
+        (("",), "channel is empty; use 1 to 200 characters of [A-Za-z0-9_.:@/-]"),
         (("x" * 201,), "channel is 201 characters long; the limit is 200"),
         (
             ("a\nb",),

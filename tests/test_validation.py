@@ -52,7 +52,7 @@ def test_valid_channels(channel):
 def test_empty_channel():
     code, message = error_of(validate_channel, "")
     assert code == "empty"
-    assert message == "channel is empty; use 1\u2013200 characters of [A-Za-z0-9_.:@/-]"
+    assert message == "channel is empty; use 1 to 200 characters of [A-Za-z0-9_.:@/-]"
 
 
 def test_channel_too_long():
@@ -139,7 +139,7 @@ def test_reserved_event_types(event):
 def test_empty_event_type():
     code, message = error_of(validate_event_type, "")
     assert code == "empty"
-    assert message == "event type is empty; use 1\u201364 characters of [A-Za-z0-9_.:-]"
+    assert message == "event type is empty; use 1 to 64 characters of [A-Za-z0-9_.:-]"
 
 
 def test_event_type_too_long():

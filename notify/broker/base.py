@@ -62,5 +62,5 @@ class Broker(abc.ABC):
         """Notices as they arrive; ``RESYNC`` first and after every reconnect. Runs until
         cancelled, reconnecting by itself."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 (optional hook: most brokers hold nothing)
         """Release connections held by ``subscribe``'s event loop."""

@@ -5,27 +5,25 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Event',
+            name="Event",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('channel', models.CharField(max_length=200)),
-                ('event', models.CharField(default='message', max_length=64, verbose_name='type')),
-                ('data', models.JSONField(blank=True, null=True)),
-                ('created', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("channel", models.CharField(max_length=200)),
+                ("event", models.CharField(default="message", max_length=64, verbose_name="type")),
+                ("data", models.JSONField(blank=True, null=True)),
+                ("created", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
             ],
             options={
-                'verbose_name': 'event',
-                'verbose_name_plural': 'events',
-                'ordering': ['id'],
-                'indexes': [models.Index(fields=['channel', 'id'], name='notify_event_channel_id')],
+                "verbose_name": "event",
+                "verbose_name_plural": "events",
+                "ordering": ["id"],
+                "indexes": [models.Index(fields=["channel", "id"], name="notify_event_channel_id")],
             },
         ),
     ]
