@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.db import connections, router
+from django.utils.module_loading import import_string
 
 from notify.conf import DEFAULTS
 
@@ -46,17 +48,27 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
     for key in (*_POSITIVE_NUMBERS, "GAP_WAIT_SECONDS"):
         value = raw.get(key, DEFAULTS[key])
-        low_ok = key == "GAP_WAIT_SECONDS"
+        zero_ok = key == "GAP_WAIT_SECONDS"
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
+            or not math.isfinite(value)
             or value < 0
-            or (value == 0 and not low_ok)
+            or (value == 0 and not zero_ok)
         ):
-            kind = "a non-negative" if low_ok else "a positive"
+            kind = "a finite non-negative" if zero_ok else "a finite positive"
             errors.append(
                 Error(f'NOTIFY["{key}"] must be {kind} number, not {value!r}.', id="notify.E003")
             )
+    prefix = raw.get("REDIS_PREFIX", DEFAULTS["REDIS_PREFIX"])
+    if not isinstance(prefix, str) or not prefix:
+        errors.append(
+            Error(
+                f'NOTIFY["REDIS_PREFIX"] must be a non-empty string, not {prefix!r}.',
+                id="notify.E007",
+            )
+        )
+    errors.extend(_check_broker(raw.get("BROKER")))
     redis_url = raw.get("REDIS_URL")
     if redis_url and urlsplit(str(redis_url)).scheme not in ("redis", "rediss", "unix"):
         errors.append(
@@ -74,6 +86,26 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         )
     return errors
+
+
+def _check_broker(path: Any) -> list[CheckMessage]:
+    from notify.broker.base import Broker
+
+    if path is None:
+        return []
+    try:
+        broker_class = import_string(path) if isinstance(path, str) else None
+    except ImportError as exc:
+        return [Error(f'NOTIFY["BROKER"] {path!r} cannot be imported: {exc}', id="notify.E006")]
+    if not (isinstance(broker_class, type) and issubclass(broker_class, Broker)):
+        return [
+            Error(
+                f'NOTIFY["BROKER"] {path!r} is not a notify.broker.base.Broker subclass.',
+                hint="Give the dotted path of a class, e.g. 'myproject.brokers.NatsBroker'.",
+                id="notify.E006",
+            )
+        ]
+    return []
 
 
 @register(deploy=False)

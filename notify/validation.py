@@ -32,6 +32,8 @@ def _describe(char: str) -> str:
         return "a space"
     if char.isprintable():
         return f'"{char}"'
+    if unicodedata.category(char) == "Cs":
+        return f"U+{ord(char):04X} (a lone surrogate)"
     name = unicodedata.name(char, "") or "a control character"
     return f"U+{ord(char):04X} ({name})"
 

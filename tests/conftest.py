@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from django.db import connection
 from django.test import override_settings
 from httpx_sse import EventSource, ServerSentEvent
@@ -147,6 +148,33 @@ def private_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+class Listener:
+    """A plain redis subscription to notify's pub/sub channel."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.pubsub = self.client.pubsub()
+        self.pubsub.subscribe(f"{REDIS_PREFIX}:events")
+        confirmation = self.pubsub.get_message(timeout=5)
+        assert confirmation is not None and confirmation["type"] == "subscribe"
+
+    def next(self, timeout: float = 5.0) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            message = self.pubsub.get_message(timeout=left)
+            if message is not None and message["type"] == "message":
+                return message["data"]
+        return None
+
+    def assert_silent(self, for_seconds: float = 0.4) -> None:
+        message = self.next(timeout=for_seconds)
+        assert message is None, f"unexpected notice {message!r}"
+
+    def close(self) -> None:
+        self.pubsub.close()
+        self.client.close()
 
 
 class Server:

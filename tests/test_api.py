@@ -4,11 +4,9 @@ The broadcast is observed with a plain redis client subscribed to the real pub/s
 """
 
 import asyncio
-import time
 from datetime import UTC
 
 import pytest
-import redis
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
 from django.db import connections, transaction
@@ -18,7 +16,7 @@ import notify
 from notify.api import publish
 from notify.broker import decode_notice
 from notify.models import Event
-from tests.conftest import REDIS_PREFIX
+from tests.conftest import Listener
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,33 +46,6 @@ AWKWARD_STORED = {
     "empty": {},
     "none": None,
 }
-
-
-class Listener:
-    """A plain redis subscription to notify's pub/sub channel."""
-
-    def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url)
-        self.pubsub = self.client.pubsub()
-        self.pubsub.subscribe(f"{REDIS_PREFIX}:events")
-        confirmation = self.pubsub.get_message(timeout=5)
-        assert confirmation is not None and confirmation["type"] == "subscribe"
-
-    def next(self, timeout: float = 5.0) -> bytes | None:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            message = self.pubsub.get_message(timeout=left)
-            if message is not None and message["type"] == "message":
-                return message["data"]
-        return None
-
-    def assert_silent(self, for_seconds: float = 0.4) -> None:
-        message = self.next(timeout=for_seconds)
-        assert message is None, f"unexpected notice {message!r}"
-
-    def close(self) -> None:
-        self.pubsub.close()
-        self.client.close()
 
 
 @pytest.fixture

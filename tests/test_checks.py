@@ -86,12 +86,14 @@ def test_e002_accepts_positive_integers(settings, key, value):
 
 
 @pytest.mark.parametrize("key", ["HEARTBEAT_SECONDS", "POLL_SECONDS"])
-@pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, "1", None, True])
+@pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, "1", None, True, float("nan"), float("inf")])
 def test_e003_not_a_positive_number(settings, key, value):
     with with_notify(settings, **{key: value}):
         messages = check_settings()
         assert ids(messages) == ["notify.E003"]
-        assert messages[0].msg == f'NOTIFY["{key}"] must be a positive number, not {value!r}.'
+        assert messages[0].msg == (
+            f'NOTIFY["{key}"] must be a finite positive number, not {value!r}.'
+        )
         assert ids(notify_messages()) == ["notify.E003"]
 
 
@@ -102,13 +104,13 @@ def test_e003_accepts_positive_numbers(settings, key, value):
         assert check_settings() == []
 
 
-@pytest.mark.parametrize("value", [-0.05, -1, "0.05", None, False])
+@pytest.mark.parametrize("value", [-0.05, -1, "0.05", None, False, float("inf")])
 def test_e003_gap_wait_must_not_be_negative(settings, value):
     with with_notify(settings, GAP_WAIT_SECONDS=value):
         messages = check_settings()
         assert ids(messages) == ["notify.E003"]
         assert messages[0].msg == (
-            f'NOTIFY["GAP_WAIT_SECONDS"] must be a non-negative number, not {value!r}.'
+            f'NOTIFY["GAP_WAIT_SECONDS"] must be a finite non-negative number, not {value!r}.'
         )
 
 
@@ -142,6 +144,35 @@ def test_e004_not_a_redis_url(settings, url):
 def test_e004_accepts_redis_urls_and_none(settings, url):
     with with_notify(settings, REDIS_URL=url):
         assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("notify.broker.missing.Broker", "cannot be imported"),
+        ("notify.conf.DEFAULTS", "is not a notify.broker.base.Broker subclass"),
+        ("notify.broker.base.Notice", "is not a notify.broker.base.Broker subclass"),
+        (42, "is not a notify.broker.base.Broker subclass"),
+    ],
+)
+def test_e006_broker_is_not_a_broker_class(settings, path, reason):
+    with with_notify(settings, BROKER=path):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E006"]
+        assert reason in messages[0].msg
+
+
+@pytest.mark.parametrize("path", [None, "notify.broker.local.LocalBroker"])
+def test_e006_accepts_broker_classes(settings, path):
+    with with_notify(settings, BROKER=path):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize("value", ["", None, 7])
+def test_e007_redis_prefix_must_be_a_non_empty_string(settings, value):
+    with with_notify(settings, REDIS_PREFIX=value):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E007"]
 
 
 def test_e005_use_tz_false():

@@ -10,8 +10,7 @@ from django.test import override_settings
 
 from notify.broker import decode_notice
 from notify.models import Event
-from tests.conftest import ROOT, server_env
-from tests.test_api import Listener
+from tests.conftest import ROOT, Listener, server_env
 
 
 def send_event(*args: str) -> tuple[Event, str]:

@@ -348,6 +348,12 @@ def test_data_with_a_lone_surrogate(data, codepoint):
     assert message == f"data contains a lone surrogate ({codepoint}), which is not valid Unicode"
 
 
+def test_a_lone_surrogate_in_a_channel_is_named_as_such():
+    with pytest.raises(ValidationError) as caught:
+        validate_channel("a\ud800")
+    assert "U+D800 (a lone surrogate)" in caught.value.messages[0]
+
+
 def test_surrogate_pairs_written_out_are_fine():
     value, text = encode_payload("😀")
     assert value == "😀"
