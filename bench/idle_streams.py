@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +82,7 @@ def measure(app: str, count: int, env: dict[str, str], db: str) -> dict[str, flo
 
         async def run() -> dict[str, float]:
             warm = await open_streams(port, 1)  # imports, hub and first query out of the way
-            time.sleep(0.5)
+            await asyncio.sleep(0.5)
             rss0, threads0 = proc_status(server.pid)
             db0 = open_db_files(server.pid, db)
             writers = await open_streams(port, count)
