@@ -28,6 +28,7 @@ from django.core.exceptions import ValidationError
 from django.urls import Resolver404, resolve
 
 from notify import sse
+from notify.backpressure import flow_control
 from notify.conf import notify_settings
 from notify.hub import HubUnavailable, get_hub
 from notify.stream import HEADERS, EventStream, parse_stream_request
@@ -92,12 +93,18 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
     # The client leaving ends the stream at once, even while it waits for events.
     watcher = asyncio.ensure_future(_until_disconnect(receive))
     watcher.add_done_callback(lambda _: subscriber.close("client-gone"))
+    # Under daphne, whose send() never waits, pause the stream while the client does not
+    # read; None under other servers, where ``await send()`` waits instead.
+    flow = flow_control(send, subscriber)
     try:
         await send({"type": "http.response.start", "status": 200, "headers": _RESPONSE_HEADERS})
         await _write(send, sse.retry_frame(notify_settings.RETRY_MS))
         async for chunk in EventStream(subscriber, request.cursor).body():
             await _write(send, chunk)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # Detached before the response ends (Twisted wants it so); True when it aborted the
+        # connection of a stalled client, which leaves nothing to send.
+        if flow is None or not flow.detach():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
         if subscriber.closed != "too-slow":
             raise
@@ -106,6 +113,8 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
         if task is not None:
             task.uncancel()
     finally:
+        if flow is not None:
+            flow.detach()
         hub.unsubscribe(subscriber)
         watcher.cancel()
 

@@ -49,6 +49,7 @@ class Subscriber:
         "heartbeat_due",
         "last_write",
         "lost",
+        "paused",
         "replaying",
         "sending",
         "task",
@@ -67,6 +68,10 @@ class Subscriber:
         self.floor = 0
         self.closed: str | None = None
         self.heartbeat_due = False
+        # Set while the server's write buffer for this client is full (see
+        # notify.backpressure): the stream writes nothing, so live events wait in ``frames``
+        # (bounded by MAX_BUFFER) instead of in the server's unbounded buffer.
+        self.paused = False
         self.last_write = now
         self.sending = False
         self.task: asyncio.Task[object] | None = asyncio.current_task()
@@ -114,10 +119,27 @@ class Subscriber:
         frames.clear()
         return data
 
+    def pause(self) -> None:
+        """The client's connection takes no more writes for now."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """The client's connection takes writes again."""
+        self.paused = False
+        self._wake()
+
     async def wait(self) -> None:
-        """Until there is something to write, a heartbeat is due, or the stream is closed."""
-        if self.frames or self.closed or self.heartbeat_due:
-            return
+        """Until there is something to write (and the connection takes writes), a heartbeat
+        is due (ditto), or the stream is closed."""
+        while not self.closed and (self.paused or not (self.frames or self.heartbeat_due)):
+            await self._sleep()
+
+    async def writable(self) -> None:
+        """Until the connection takes writes, or the stream is closed."""
+        while self.paused and not self.closed:
+            await self._sleep()
+
+    async def _sleep(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
         self.waiter = waiter
         try:

@@ -107,7 +107,12 @@ class EventStream:
         """Events after ``position`` from the database, until the live buffer holds the rest."""
         subscriber = self.subscriber
         batch = notify_settings.REPLAY_BATCH
-        while not subscriber.closed:
+        while True:
+            # Under a server that never blocks a write (daphne), a client that stops reading
+            # during a long replay would otherwise have all of it buffered by the server.
+            await subscriber.writable()
+            if subscriber.closed:
+                return
             subscriber.lost = False
             rows = await db_call(replay, subscriber.channels, self.position, batch)
             if rows:

@@ -61,6 +61,10 @@ stream.notify_stream = True  # type: ignore[attr-defined]
 
 
 async def _body(hub: Hub, subscriber: Subscriber, cursor: str | None) -> AsyncIterator[bytes]:
+    # No notify.backpressure here: Django's handler does not expose the server's ``send``.
+    # Under daphne a client that stops reading is then never paused nor closed as too slow,
+    # and daphne buffers what it is sent without limit: another reason to wrap the ASGI
+    # application with NotifyASGIHandler.
     try:
         yield sse.retry_frame(notify_settings.RETRY_MS)
         async for chunk in EventStream(subscriber, cursor).body():

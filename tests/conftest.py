@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,11 +185,13 @@ class Server:
         env: dict[str, str],
         kind: str = "daphne",
         app: str = "tests.asgi:application",
+        args: Sequence[str] = (),
     ) -> None:
         self.port = free_port()
         self.kind = kind
         if kind == "daphne":
-            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), app]
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
+            command += [*args, app]
         elif kind == "uvicorn":
             command = [
                 sys.executable,
@@ -202,6 +204,7 @@ class Server:
                 "--no-access-log",
                 "--lifespan",
                 "off",
+                *args,
                 app,
             ]
         else:
@@ -253,17 +256,19 @@ StartServer = Callable[..., Server]
 
 @pytest.fixture
 def start_server(transactional_db: None, redis_url: str) -> Iterator[StartServer]:
-    """``start_server(kind="daphne", redis=<session Redis URL or None>, app=..., **NOTIFY)``."""
+    """``start_server(kind="daphne", redis=<session Redis URL or None>, app=...,
+    server_args=<more command-line arguments>, **NOTIFY)``."""
     servers: list[Server] = []
 
     def start(
         kind: str = "daphne",
         redis: str | None = redis_url,
         app: str = "tests.asgi:application",
+        server_args: Sequence[str] = (),
         **notify: Any,
     ) -> Server:
         notify.setdefault("HEARTBEAT_SECONDS", 2)
-        server = Server(server_env(redis, **notify), kind=kind, app=app)
+        server = Server(server_env(redis, **notify), kind=kind, app=app, args=server_args)
         servers.append(server)
         return server
 

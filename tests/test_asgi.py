@@ -25,11 +25,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from django.db import connection, transaction
 
 import notify
+from notify.broker import encode_notice
 from notify.models import Event
-from tests.conftest import Server, SSEClient, payload
+from tests.conftest import REDIS_PREFIX, Server, SSEClient, payload
 
 ON_POSTGRESQL = connection.vendor == "postgresql"
 
@@ -739,7 +741,11 @@ def test_idle_streams_hold_no_thread_and_no_database_connection(server):
     assert "Traceback" not in server.output()
 
 
-# -- a slow client under uvicorn (which applies backpressure) ------------------------------
+# -- a slow client ----------------------------------------------------------------------------
+#
+# uvicorn's ``await send()`` waits while the client's socket is full; daphne's never waits,
+# so notify.backpressure registers for Twisted's flow control instead. Either way a client
+# that stops reading is closed as too slow, and the server buffers a bounded amount for it.
 
 
 class StalledClient:
@@ -754,37 +760,73 @@ class StalledClient:
             f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
         )
         self.received = b""
+        self.reset = False
         self.sock.settimeout(10)
         while b"\r\n\r\n" not in self.received:
             self.received += self.sock.recv(65536)
 
     def read_to_end(self) -> bytes:
-        """Everything until the server closes the connection."""
-        while chunk := self.sock.recv(1 << 20):
-            self.received += chunk
+        """Everything until the server closes the connection. daphne aborts the connection
+        of a stalled client (a reset): what was received before it is kept."""
+        try:
+            while chunk := self.sock.recv(1 << 20):
+                self.received += chunk
+        except ConnectionResetError:
+            self.reset = True
         self.sock.close()
         head, _, body = self.received.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head[:100]
+        # daphne answers in the request's version, uvicorn in HTTP/1.1.
+        assert re.match(rb"HTTP/1\.[01] 200 ", head), head[:100]
         return body
 
 
-def test_slow_client_is_closed_and_resumes_from_the_database(start_server):
-    server = start_server(kind="uvicorn", MAX_BUFFER=5)
+def rss(pid: int) -> int:
+    """The resident memory of process ``pid``, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+# daphne at -v 2 sends Twisted's own log to the output too (at -v 1 it is discarded): an
+# error such as a request finished with its producer still registered shows there, as
+# "CRITICAL" and the error, without a traceback.
+SERVER_ARGS = {"daphne": ["-v", "2"], "uvicorn": []}
+
+
+def assert_clean_log(server: Server) -> None:
+    output = server.output()
+    if server.kind == "uvicorn":
+        # How uvicorn reports a response cut short: the hub cancelled the write of a
+        # too-slow stream, and uvicorn then closes the connection.
+        output = output.replace("ERROR:    ASGI callable returned without completing response.", "")
+    assert not re.search(r"Traceback|\bCRITICAL\b|\bERROR\b", output), output[-5000:]
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+def test_slow_client_is_closed_and_resumes_from_the_database(start_server, kind):
+    server = start_server(kind=kind, server_args=SERVER_ARGS[kind], MAX_BUFFER=5)
     path = "/notify/stream/?channel=big"
     stalled = StalledClient(server, path)
     blob = "x" * 60_000
     # Enough events to fill every buffer between the server and the stalled client (the
-    # server's socket buffer grows up to the kernel's tcp_wmem maximum), then some more.
+    # server's socket buffer grows up to the kernel's tcp_wmem maximum), then some more;
+    # and 24 MiB at least, which a server that buffers without bound shows in its memory.
     wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
-    count = (wmem_max + (2 << 20)) // len(blob) + 20
+    count = max((wmem_max + (2 << 20)) // len(blob) + 20, (24 << 20) // len(blob))
     published: list[Event] = []
     with SSEClient(f"{server.url}{path}") as reader:
         assert reader.next().event == "notify.open"
+        rss_before = rss(server.pid)
         # The stalled client reads nothing more. The reader takes each event as it comes:
         # it never has more than one waiting, so it is never too slow.
         for n in range(count):
             published.append(notify.publish("big", {"n": n, "blob": blob}))
             assert reader.next().id == str(published[-1].id)
+        # The server kept a bounded amount for the stalled client, not what was published
+        # (under daphne without notify.backpressure, it grew by nearly all of it).
+        rss_growth = rss(server.pid) - rss_before
+        assert rss_growth < count * len(blob) / 4, (rss_growth, count * len(blob))
         body = stalled.read_to_end()
     # The stalled stream ended without the events it could not take.
     blocks = [parse_block(raw + b"\n\n") for raw in body.split(b"\n\n")[:-1]]
@@ -793,8 +835,46 @@ def test_slow_client_is_closed_and_resumes_from_the_database(start_server):
     assert blocks[1].event == "notify.open"
     assert got == [e.id for e in published[: len(got)]]
     assert len(got) < len(published) - 5
+    # daphne aborted the connection, dropping what Twisted still held for this client.
+    assert stalled.reset == (kind == "daphne")
     # Reconnecting with its last id replays what it missed.
     last_id = [b.id for b in blocks if b.id is not None][-1]
     with SSEClient(f"{server.url}{path}", last_event_id=last_id) as client:
         replayed = client.until(lambda e: e.event == "notify.catchup-end")
     assert message_ids(replayed) == [e.id for e in published[len(got) :]]
+    # The too-slow close, the reader leaving and the replay left the server clean.
+    assert server.process.poll() is None
+    assert_clean_log(server)
+
+
+def test_stream_that_falls_behind_between_writes_ends_its_response_cleanly(start_server, redis_url):
+    """Too slow while not paused (a burst reached the hub faster than the stream could take
+    it): daphne's response ends normally, its producer unregistered first."""
+    server = start_server(server_args=SERVER_ARGS["daphne"], MAX_BUFFER=5)
+    with RawStream(stream_url(server, "burst")) as stream:
+        opened = stream.next_event()
+        assert opened.event == "notify.open"
+        events = Event.objects.bulk_create(
+            Event(channel="burst", data={"n": n}) for n in range(200)
+        )
+        # The notices in one pipeline, so that the hub reads many at once from its socket.
+        with redis.Redis.from_url(redis_url) as client:
+            pipeline = client.pipeline(transaction=False)
+            for event in events:
+                notice = encode_notice(event.id, event.channel, event.sse_frame())
+                pipeline.publish(f"{REDIS_PREFIX}:events", notice)
+            pipeline.execute()
+        received = []
+        # The end of the response, complete (an aborted one makes httpx raise).
+        with pytest.raises(EOFError):
+            while True:
+                received.append(stream.next_event())
+    got = message_ids(received)
+    assert got == [e.id for e in events[: len(got)]]
+    assert len(got) < len(events)
+    with SSEClient(
+        stream_url(server, "burst"), last_event_id=str(got[-1] if got else opened.id)
+    ) as client:
+        replayed = client.until(lambda e: e.event == "notify.catchup-end")
+    assert message_ids(replayed) == [e.id for e in events[len(got) :]]
+    assert_clean_log(server)

@@ -368,6 +368,41 @@ def test_an_overflow_while_replaying_empties_the_buffer_and_sets_lost():
         run_with_hub(body)
 
 
+def test_a_paused_subscriber_waits_until_resumed_and_is_closed_when_its_buffer_overflows():
+    """Paused (the server's write buffer for the client is full), a stream writes nothing:
+    events wait in the subscriber's bounded buffer; at MAX_BUFFER it is closed as too slow."""
+    with with_notify(MAX_BUFFER=3):
+
+        async def body(hub: Hub) -> None:
+            subscriber = await live_subscriber(hub)
+            events = await store_many(6)
+            subscriber.pause()
+            waiting = asyncio.ensure_future(subscriber.wait())
+            hub._on_notice(notice_of(events[0]))
+            subscriber.heartbeat_due = True
+            subscriber._wake()
+            await asyncio.sleep(0.05)
+            assert not waiting.done()  # neither the event nor the heartbeat is written
+            subscriber.resume()
+            await asyncio.wait_for(waiting, 1)
+            assert subscriber.take() == events[0].sse_frame()
+            subscriber.heartbeat_due = False
+            subscriber.pause()
+            waiting = asyncio.ensure_future(subscriber.wait())
+            for event in events[1:4]:
+                hub._on_notice(notice_of(event))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            assert subscriber.closed is None
+            assert ids(list(subscriber.frames)) == [e.id for e in events[1:4]]
+            hub._on_notice(notice_of(events[4]))
+            assert subscriber.closed == "too-slow"
+            assert list(subscriber.frames) == []
+            await asyncio.wait_for(waiting, 1)  # woken by the close, though paused
+
+        run_with_hub(body)
+
+
 def test_unsubscribe_stops_delivery():
     async def body(hub: Hub) -> None:
         subscriber = await live_subscriber(hub, "a", "b")
@@ -601,6 +636,38 @@ def test_stream_rereads_the_database_when_overflowed_before_going_live():
             live = await apublish("a", "live")
             assert await next_chunk(stream) == live.sse_frame()
             await stream.aclose()
+
+        run_with_hub(body)
+
+
+def test_a_paused_stream_reads_no_more_of_its_replay_until_resumed():
+    with with_notify(REPLAY_BATCH=2):
+
+        async def body(hub: Hub) -> None:
+            start = hub.last_id
+            events = await store_many(5)
+            subscriber = await hub.subscribe(["a"])
+            stream = EventStream(subscriber, str(start)).body()
+            assert await next_chunk(stream) == sse.catchup_start_frame(start)
+            assert await next_chunk(stream) == b"".join(e.sse_frame() for e in events[:2])
+            subscriber.pause()
+            pending = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(0.1)
+            assert not pending.done()
+            subscriber.resume()
+            assert await asyncio.wait_for(pending, 5) == b"".join(
+                e.sse_frame() for e in events[2:4]
+            )
+            assert await next_chunk(stream) == events[4].sse_frame()
+            assert await next_chunk(stream) == sse.catchup_end_frame(5, events[4].id)
+            # Closed while paused: the stream ends.
+            subscriber.pause()
+            pending = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(0.05)
+            assert not pending.done()
+            subscriber.close("hub-closed")
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(pending, 5)
 
         run_with_hub(body)
 
