@@ -19,7 +19,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
-from notify.broker import RESYNC, Broker, Notice, decode_notice, get_broker
+from notify.broker import Broker, Notice, Resync, decode_notice, get_broker
 from notify.conf import notify_settings
 from notify.db import db_call
 from notify.history import events_after, id_bounds
@@ -311,13 +311,13 @@ class Hub:
                 # A burst may be read from the socket without ever suspending: let the
                 # streams write what they have before more piles up in their buffers.
                 await asyncio.sleep(0)
-            if item is RESYNC:
+            if isinstance(item, Resync):
                 # Subscribed (again): what was published before is read from the database.
                 await asyncio.shield(self.ready)
                 await self.fill()
                 continue
             try:
-                notice = decode_notice(item)  # type: ignore[arg-type]
+                notice = decode_notice(item)
             except ValueError:
                 logger.warning("notify: ignoring a malformed broker message %r", item[:80])
                 continue
