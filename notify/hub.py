@@ -201,6 +201,8 @@ class Hub:
         """Stop the hub (settings changed); its streams end and their clients reconnect."""
         for task in self._tasks:
             task.cancel()
+        if self._gap_task is not None:
+            self._gap_task.cancel()
         if self._gap_timer is not None:
             self._gap_timer.cancel()
         for subscriber in list(self.subscribers):

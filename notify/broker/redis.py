@@ -77,7 +77,6 @@ class RedisBroker(Broker):
             except _RETRY_ERRORS as exc:
                 if self._connected:
                     logger.warning("notify: lost the Redis subscription (%s); reconnecting", exc)
-                self._connected = False
             finally:
                 self._connected = False
                 await _close_quietly(pubsub, client)
