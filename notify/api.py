@@ -1,18 +1,37 @@
-"""Publishing: store the event, then broadcast it once the transaction commits."""
+"""Publishing: store events, then broadcast them once the transaction commits."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.db import connections, router, transaction
 
+from notify import retention
 from notify.broker import encode_notice, get_broker
 from notify.models import Event
 from notify.validation import encode_payload, validate_channel, validate_event_type
 
 # Key of the PostgreSQL advisory lock that serialises inserts (ASCII "notify").
 ORDERING_LOCK_KEY = 0x6E6F74696679
+
+
+class Prepared(NamedTuple):
+    """An event that passed validation, with its data already encoded for the wire."""
+
+    channel: str
+    event: str
+    data: Any
+    payload_json: str
+
+
+def prepare(channel: str, data: Any = None, *, event: str = "message") -> Prepared:
+    """Validate one event without storing it. Raises ``ValidationError`` naming the problem."""
+    channel = validate_channel(channel)
+    event = validate_event_type(event)
+    value, payload_json = encode_payload(data)
+    return Prepared(channel, event, value, payload_json)
 
 
 def publish(channel: str, data: Any = None, *, event: str = "message") -> Event:
@@ -26,21 +45,37 @@ def publish(channel: str, data: Any = None, *, event: str = "message") -> Event:
     order: a stream that has seen id N can then never be handed an id below N later. The
     lock is held until the outermost transaction ends, so keep publishing transactions short.
     """
-    channel = validate_channel(channel)
-    event = validate_event_type(event)
-    value, payload_json = encode_payload(data)
+    return publish_many([prepare(channel, data, event=event)])[0]
+
+
+def publish_many(events: Iterable[Prepared]) -> list[Event]:
+    """Store several prepared events in one transaction and one INSERT, then broadcast them
+    in id order after commit. All or nothing: an error stores none of them."""
+    batch = list(events)
+    if not batch:
+        return []
     alias = router.db_for_write(Event)
     with transaction.atomic(using=alias):
         _serialize_commits(alias)
-        stored = Event.objects.using(alias).create(channel=channel, event=event, data=value)
-        notice = encode_notice(stored.id, channel, stored.sse_frame(payload_json))
-        transaction.on_commit(lambda: get_broker().publish(notice), using=alias)
+        stored = Event.objects.using(alias).bulk_create(
+            [Event(channel=item.channel, event=item.event, data=item.data) for item in batch]
+        )
+        notices = [
+            encode_notice(row.id, row.channel, row.sse_frame(item.payload_json))
+            for row, item in zip(stored, batch, strict=True)
+        ]
+        transaction.on_commit(lambda: _after_commit(notices, alias), using=alias)
     return stored
 
 
 async def apublish(channel: str, data: Any = None, *, event: str = "message") -> Event:
     """``publish`` for async code."""
     return await sync_to_async(publish)(channel, data, event=event)
+
+
+def _after_commit(notices: list[bytes], alias: str) -> None:
+    get_broker().publish_many(notices)
+    retention.prune_if_due(alias)
 
 
 def _serialize_commits(alias: str) -> None:

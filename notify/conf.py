@@ -6,7 +6,7 @@ on each access (not cached at import), so ``override_settings(NOTIFY=...)`` work
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 
@@ -29,7 +29,24 @@ DEFAULTS: dict[str, Any] = {
     "REPLAY_BATCH": 500,
     # How long a process waits for a missing id to arrive before asking the database.
     "GAP_WAIT_SECONDS": 0.05,
+    # How long events are kept: an event goes once it is older than max_age seconds OR is not
+    # among the newest max_events. None switches a limit off. The newest event always stays.
+    "RETENTION": {"max_age": 7 * 24 * 3600, "max_events": None},
+    # Publishing prunes at most this often per process, one batch per publish until done.
+    "PRUNE_INTERVAL_SECONDS": 300.0,
+    # Rows deleted per DELETE statement when pruning.
+    "PRUNE_BATCH": 1000,
+    # Bearer tokens accepted by the HTTP publish API (POST /notify/publish/).
+    "PUBLISH_TOKENS": [],
+    # Dotted path of a callable (user, channel) -> bool deciding who may read a channel;
+    # None lets everyone read every channel.
+    "AUTHORIZE": None,
 }
+
+
+class Retention(NamedTuple):
+    max_age: float | None
+    max_events: int | None
 
 
 def user_settings() -> dict[str, Any]:
@@ -87,6 +104,31 @@ class Settings:
     @property
     def GAP_WAIT_SECONDS(self) -> float:
         return float(get("GAP_WAIT_SECONDS"))
+
+    @property
+    def RETENTION(self) -> Retention:
+        value = {**DEFAULTS["RETENTION"], **(get("RETENTION") or {})}
+        max_age, max_events = value["max_age"], value["max_events"]
+        return Retention(
+            None if max_age is None else float(max_age),
+            None if max_events is None else int(max_events),
+        )
+
+    @property
+    def PRUNE_INTERVAL_SECONDS(self) -> float:
+        return float(get("PRUNE_INTERVAL_SECONDS"))
+
+    @property
+    def PRUNE_BATCH(self) -> int:
+        return int(get("PRUNE_BATCH"))
+
+    @property
+    def PUBLISH_TOKENS(self) -> list[str]:
+        return [str(token) for token in get("PUBLISH_TOKENS") or []]
+
+    @property
+    def AUTHORIZE(self) -> str | None:
+        return get("AUTHORIZE") or None
 
 
 notify_settings = Settings()

@@ -4,6 +4,7 @@ through ``notify.db.db_call`` from async code."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from django.db.models import Max, Min
 
@@ -33,3 +34,29 @@ def events_after(after: int, limit: int, until: int | None = None) -> list[Notic
     if until is not None:
         query = query.filter(id__lte=until)
     return _notices(query.order_by("id")[:limit])
+
+
+class Page(NamedTuple):
+    """One page of a channel's history, newest first."""
+
+    events: list[Event]
+    #: Pass as ``before`` to get the next (older) page; None on the last page.
+    next_before: int | None
+    #: The newest stored id of any channel when the page was read. Opening the stream with
+    #: this as its cursor continues exactly where the page left off.
+    newest: int | None
+
+
+def page(channels: Sequence[str], before: int | None, limit: int) -> Page:
+    """Up to ``limit`` events of ``channels`` with id < ``before``, newest first."""
+    # Read the high-water mark first. Commits follow id order (see notify.api), so every
+    # event up to it is visible now and the page plus a stream from ``newest`` leave no gap.
+    newest = Event.objects.aggregate(newest=Max("id"))["newest"]
+    if newest is None:
+        return Page([], None, None)
+    upper = newest if before is None else min(before - 1, newest)
+    query = Event.objects.filter(channel__in=channels, id__lte=upper).order_by("-id")
+    rows = list(query[: limit + 1])
+    if len(rows) <= limit:
+        return Page(rows, None, newest)
+    return Page(rows[:limit], rows[limit - 1].id, newest)

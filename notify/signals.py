@@ -10,6 +10,7 @@ from django.dispatch import receiver
 from notify.asgi import is_stream_path
 from notify.broker import reset_broker
 from notify.hub import reset_hubs
+from notify.retention import reset_pruner
 
 
 @receiver(setting_changed)
@@ -17,5 +18,6 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == "NOTIFY":
         reset_broker()
         reset_hubs()
+        reset_pruner()
     elif setting == "ROOT_URLCONF":
         is_stream_path.cache_clear()

@@ -57,6 +57,11 @@ class Broker(abc.ABC):
         """Send a notice to every subscribed process. Called after commit from any thread;
         never raises (the event is stored, and subscribers recover it from the database)."""
 
+    def publish_many(self, notices: list[bytes]) -> None:
+        """Send several notices in order; brokers that can batch them override this."""
+        for notice in notices:
+            self.publish(notice)
+
     @abc.abstractmethod
     def subscribe(self) -> AsyncIterator[bytes | Resync]:
         """Notices as they arrive; ``RESYNC`` first and after every reconnect. Runs until
