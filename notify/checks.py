@@ -13,8 +13,15 @@ from django.utils.module_loading import import_string
 
 from notify.conf import DEFAULTS
 
-_POSITIVE_INTS = ("MAX_PAYLOAD_BYTES", "MAX_CHANNELS", "RETRY_MS", "MAX_BUFFER", "REPLAY_BATCH")
-_POSITIVE_NUMBERS = ("HEARTBEAT_SECONDS", "POLL_SECONDS")
+_POSITIVE_INTS = (
+    "MAX_PAYLOAD_BYTES",
+    "MAX_CHANNELS",
+    "RETRY_MS",
+    "MAX_BUFFER",
+    "REPLAY_BATCH",
+    "PRUNE_BATCH",
+)
+_POSITIVE_NUMBERS = ("HEARTBEAT_SECONDS", "POLL_SECONDS", "PRUNE_INTERVAL_SECONDS")
 _ORDERED_VENDORS = ("postgresql", "sqlite")
 
 
@@ -69,6 +76,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         )
     errors.extend(_check_broker(raw.get("BROKER")))
+    errors.extend(_check_retention(raw.get("RETENTION", DEFAULTS["RETENTION"])))
+    errors.extend(_check_publish_tokens(raw.get("PUBLISH_TOKENS", [])))
+    errors.extend(_check_authorize(raw.get("AUTHORIZE")))
     redis_url = raw.get("REDIS_URL")
     if redis_url and urlsplit(str(redis_url)).scheme not in ("redis", "rediss", "unix"):
         errors.append(
@@ -103,6 +113,89 @@ def _check_broker(path: Any) -> list[CheckMessage]:
                 f'NOTIFY["BROKER"] {path!r} is not a notify.broker.base.Broker subclass.',
                 hint="Give the dotted path of a class, e.g. 'myproject.brokers.NatsBroker'.",
                 id="notify.E006",
+            )
+        ]
+    return []
+
+
+def _check_retention(value: Any) -> list[CheckMessage]:
+    hint = 'Set NOTIFY["RETENTION"] = {"max_age": <seconds or None>, "max_events": <int or None>}.'
+    if not isinstance(value, dict) or set(value) - {"max_age", "max_events"}:
+        return [
+            Error(
+                f'NOTIFY["RETENTION"] must be a dict with "max_age" and "max_events", '
+                f"not {value!r}.",
+                hint=hint,
+                id="notify.E008",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    max_age = value.get("max_age", DEFAULTS["RETENTION"]["max_age"])
+    if max_age is not None and (
+        isinstance(max_age, bool)
+        or not isinstance(max_age, int | float)
+        or not math.isfinite(max_age)
+        or max_age <= 0
+    ):
+        errors.append(
+            Error(
+                f'NOTIFY["RETENTION"]["max_age"] must be a positive number of seconds or None, '
+                f"not {max_age!r}.",
+                hint=hint,
+                id="notify.E008",
+            )
+        )
+    max_events = value.get("max_events", DEFAULTS["RETENTION"]["max_events"])
+    if max_events is not None and (
+        isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1
+    ):
+        errors.append(
+            Error(
+                f'NOTIFY["RETENTION"]["max_events"] must be a positive integer or None, '
+                f"not {max_events!r}.",
+                hint=hint,
+                id="notify.E008",
+            )
+        )
+    return errors
+
+
+def _check_publish_tokens(value: Any) -> list[CheckMessage]:
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(token, str) and token for token in value
+    ):
+        return [
+            Error(
+                'NOTIFY["PUBLISH_TOKENS"] must be a list of non-empty strings.',
+                hint="Read them from the environment, e.g. os.environ['NOTIFY_TOKEN'].split().",
+                id="notify.E009",
+            )
+        ]
+    short = [token for token in value if len(token) < 32]
+    if short:
+        return [
+            Warning(
+                f'NOTIFY["PUBLISH_TOKENS"] has {len(short)} token(s) shorter than 32 characters.',
+                hint="Make one with: python -c 'import secrets; print(secrets.token_urlsafe())'",
+                id="notify.W003",
+            )
+        ]
+    return []
+
+
+def _check_authorize(path: Any) -> list[CheckMessage]:
+    if path is None:
+        return []
+    try:
+        policy = import_string(path) if isinstance(path, str) else None
+    except ImportError as exc:
+        return [Error(f'NOTIFY["AUTHORIZE"] {path!r} cannot be imported: {exc}', id="notify.E010")]
+    if not callable(policy):
+        return [
+            Error(
+                f'NOTIFY["AUTHORIZE"] {path!r} is not a callable.',
+                hint="Give the dotted path of a function (user, channel) -> bool.",
+                id="notify.E010",
             )
         ]
     return []

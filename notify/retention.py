@@ -64,11 +64,12 @@ def count(prune_pass: PrunePass) -> int:
 def delete_batch(prune_pass: PrunePass, size: int) -> int:
     """Delete up to ``size`` of the pass's oldest events in one DELETE; returns how many."""
     events = Event.objects.using(prune_pass.using).filter(prune_pass.stale)
-    last = events.order_by("id").values_list("id", flat=True)[size - 1 : size]
-    upper = next(iter(last), None)
+    ids = list(events.order_by("id").values_list("id", flat=True)[:size])
+    if not ids:
+        return 0
     # Bounding by id turns the batch into one range DELETE on the primary key (no LIMIT in
     # DELETE is needed, which not every database has).
-    batch = events if upper is None else events.filter(id__lte=upper)
+    batch = events.filter(id__lte=ids[-1])
     deleted, _ = batch.delete()
     return deleted
 

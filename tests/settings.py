@@ -37,6 +37,9 @@ NOTIFY = {
     "REDIS_URL": os.environ.get("REDIS_URL") or None,
     # Servers started by the tests get their own prefix so runs never hear each other.
     "REDIS_PREFIX": os.environ.get("NOTIFY_TEST_REDIS_PREFIX", "notify-tests"),
+    # Pruning after publish is switched off so that tests which back-date events decide
+    # when they go; tests/test_retention.py switches it on.
+    "RETENTION": {"max_age": None, "max_events": None},
     **json.loads(os.environ.get("NOTIFY_TEST_SETTINGS", "{}")),
 }
 # ---------------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 import notify
-from notify.api import publish
+from notify.api import prepare, publish, publish_many
 from notify.broker import decode_notice
 from notify.models import Event
 from tests.conftest import Listener
@@ -257,3 +258,27 @@ def test_data_nested_to_the_limit_is_stored_and_replayed(listener):
     notice = decode_notice(listener.next())
     assert notice.frame == Event.objects.get(pk=event.pk).sse_frame()
     assert b'"data": ' + b"[" * 500 + b"]" * 500 + b"}" in notice.frame
+
+
+def test_publish_many_stores_in_one_insert_and_broadcasts_in_id_order(listener):
+    batch = [prepare("orders", {"n": n}, event="created") for n in range(5)]
+    with CaptureQueriesContext(connections["default"]) as queries:
+        events = publish_many(batch)
+    inserts = [q for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    assert len(inserts) == 1
+    ids = [event.id for event in events]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert [e.data for e in Event.objects.filter(id__in=ids)] == [{"n": n} for n in range(5)]
+    notices = [decode_notice(listener.next()) for _ in ids]
+    assert [notice.id for notice in notices] == ids
+    assert notices[0].frame == Event.objects.get(id=ids[0]).sse_frame()
+    listener.assert_silent()
+
+
+def test_publish_many_in_a_rolled_back_transaction_sends_nothing(listener):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        publish_many([prepare("orders", n) for n in range(3)])
+        raise RuntimeError("rolled back")
+    assert not Event.objects.exists()
+    listener.assert_silent()
+    assert publish_many([]) == []

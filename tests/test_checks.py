@@ -65,7 +65,8 @@ def test_w001_unknown_key(settings):
 
 
 @pytest.mark.parametrize(
-    "key", ["MAX_PAYLOAD_BYTES", "MAX_CHANNELS", "RETRY_MS", "MAX_BUFFER", "REPLAY_BATCH"]
+    "key",
+    ["MAX_PAYLOAD_BYTES", "MAX_CHANNELS", "RETRY_MS", "MAX_BUFFER", "REPLAY_BATCH", "PRUNE_BATCH"],
 )
 @pytest.mark.parametrize("value", [0, -1, 1.5, 100.0, "100", None, True, False])
 def test_e002_not_a_positive_integer(settings, key, value):
@@ -77,7 +78,8 @@ def test_e002_not_a_positive_integer(settings, key, value):
 
 
 @pytest.mark.parametrize(
-    "key", ["MAX_PAYLOAD_BYTES", "MAX_CHANNELS", "RETRY_MS", "MAX_BUFFER", "REPLAY_BATCH"]
+    "key",
+    ["MAX_PAYLOAD_BYTES", "MAX_CHANNELS", "RETRY_MS", "MAX_BUFFER", "REPLAY_BATCH", "PRUNE_BATCH"],
 )
 @pytest.mark.parametrize("value", [1, 7, 10**6])
 def test_e002_accepts_positive_integers(settings, key, value):
@@ -85,7 +87,7 @@ def test_e002_accepts_positive_integers(settings, key, value):
         assert check_settings() == []
 
 
-@pytest.mark.parametrize("key", ["HEARTBEAT_SECONDS", "POLL_SECONDS"])
+@pytest.mark.parametrize("key", ["HEARTBEAT_SECONDS", "POLL_SECONDS", "PRUNE_INTERVAL_SECONDS"])
 @pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, "1", None, True, float("nan"), float("inf")])
 def test_e003_not_a_positive_number(settings, key, value):
     with with_notify(settings, **{key: value}):
@@ -97,7 +99,7 @@ def test_e003_not_a_positive_number(settings, key, value):
         assert ids(notify_messages()) == ["notify.E003"]
 
 
-@pytest.mark.parametrize("key", ["HEARTBEAT_SECONDS", "POLL_SECONDS"])
+@pytest.mark.parametrize("key", ["HEARTBEAT_SECONDS", "POLL_SECONDS", "PRUNE_INTERVAL_SECONDS"])
 @pytest.mark.parametrize("value", [0.01, 1, 15.0])
 def test_e003_accepts_positive_numbers(settings, key, value):
     with with_notify(settings, **{key: value}):
@@ -173,6 +175,80 @@ def test_e007_redis_prefix_must_be_a_non_empty_string(settings, value):
     with with_notify(settings, REDIS_PREFIX=value):
         messages = check_settings()
         assert ids(messages) == ["notify.E007"]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "must be a dict"),
+        ([], "must be a dict"),
+        ({"max_age": 60, "max_rows": 5}, "must be a dict"),
+        ({"max_age": 0}, '["max_age"] must be a positive number of seconds or None'),
+        ({"max_age": -5}, '["max_age"] must be a positive number'),
+        ({"max_age": "7d"}, '["max_age"] must be a positive number'),
+        ({"max_age": float("inf")}, '["max_age"] must be a positive number'),
+        ({"max_age": True}, '["max_age"] must be a positive number'),
+        ({"max_events": 0}, '["max_events"] must be a positive integer or None'),
+        ({"max_events": 10.5}, '["max_events"] must be a positive integer'),
+        ({"max_events": "100"}, '["max_events"] must be a positive integer'),
+    ],
+)
+def test_e008_retention(settings, value, reason):
+    with with_notify(settings, RETENTION=value):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E008"]
+        assert reason in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        {"max_age": None, "max_events": None},
+        {"max_age": 3600},
+        {"max_age": 0.5, "max_events": 1},
+        {"max_events": 10**6},
+    ],
+)
+def test_e008_accepts_retention_policies(settings, value):
+    with with_notify(settings, RETENTION=value):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize("value", [None, "token-" * 8, [""], [None], ["a" * 40, 7], {"a": 1}])
+def test_e009_publish_tokens_must_be_a_list_of_strings(settings, value):
+    with with_notify(settings, PUBLISH_TOKENS=value):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E009"]
+
+
+def test_w003_short_publish_tokens(settings):
+    with with_notify(settings, PUBLISH_TOKENS=["a" * 40, "secret"]):
+        messages = check_settings()
+        assert ids(messages) == ["notify.W003"]
+        assert "1 token(s) shorter than 32" in messages[0].msg
+    with with_notify(settings, PUBLISH_TOKENS=("a" * 32, "b" * 64)):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("tests.nowhere.policy", "cannot be imported"),
+        ("notify.conf.DEFAULTS", "is not a callable"),
+        (42, "is not a callable"),
+    ],
+)
+def test_e010_authorize_is_not_a_callable(settings, path, reason):
+    with with_notify(settings, AUTHORIZE=path):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E010"]
+        assert reason in messages[0].msg
+
+
+def test_e010_accepts_a_policy_function(settings):
+    with with_notify(settings, AUTHORIZE="notify.authorization.allow_all"):
+        assert check_settings() == []
 
 
 def test_e005_use_tz_false():

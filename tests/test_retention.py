@@ -1,0 +1,158 @@
+"""notify.retention: passes fixed at their start, one DELETE per batch, the newest event
+always kept, pruning after publish one batch at a time, and the stream's history-gone reset."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+import notify
+from notify import retention
+from notify.conf import Retention
+from notify.models import Event
+from tests.conftest import SSEClient, payload
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def publish(count: int, channel: str = "broadcast") -> list[int]:
+    return [notify.publish(channel, {"n": n}).id for n in range(count)]
+
+
+def backdate(ids: list[int], days: float) -> None:
+    Event.objects.filter(id__in=ids).update(created=timezone.now() - timedelta(days=days))
+
+
+def stored() -> list[int]:
+    return list(Event.objects.values_list("id", flat=True))
+
+
+def deletes(queries: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if q["sql"].startswith("DELETE")]
+
+
+@pytest.fixture(autouse=True)
+def fresh_pruner():
+    retention.reset_pruner()
+    yield
+    retention.reset_pruner()
+
+
+def test_nothing_to_plan_without_limits_or_events():
+    assert retention.plan(Retention(None, None)) is None
+    assert retention.plan(Retention(60, 5)) is None  # no events at all
+    publish(3)
+    assert retention.plan(Retention(None, None)) is None
+
+
+def test_max_age_deletes_the_older_events():
+    ids = publish(5)
+    backdate(ids[:3], days=8)
+    deleted = list(retention.prune(Retention(7 * 86400, None), batch_size=100))
+    assert deleted == [3]
+    assert stored() == ids[3:]
+
+
+def test_max_events_keeps_the_newest():
+    ids = publish(6)
+    assert list(retention.prune(Retention(None, 2), batch_size=100)) == [4]
+    assert stored() == ids[4:]
+    assert list(retention.prune(Retention(None, 2), batch_size=100)) == []
+
+
+def test_both_limits_delete_what_either_one_would():
+    ids = publish(6)
+    backdate([ids[3]], days=30)  # old, but among the newest four
+    list(retention.prune(Retention(86400, 4), batch_size=100))
+    assert stored() == [ids[2], ids[4], ids[5]]
+
+
+def test_the_newest_event_is_always_kept():
+    ids = publish(3)
+    backdate(ids, days=365)
+    list(retention.prune(Retention(60, None), batch_size=100))
+    assert stored() == [ids[-1]]
+
+
+def test_dry_run_count_deletes_nothing():
+    ids = publish(5)
+    prune_pass = retention.plan(Retention(None, 1))
+    assert prune_pass is not None
+    assert retention.count(prune_pass) == 4
+    assert stored() == ids
+
+
+def test_each_batch_is_one_delete_statement():
+    ids = publish(7)
+    with CaptureQueriesContext(connection) as queries:
+        sizes = list(retention.prune(Retention(None, 1), batch_size=2))
+    assert sizes == [2, 2, 2]
+    assert len(deletes(queries)) == 3
+    assert all("LIMIT" not in sql.upper() for sql in deletes(queries))
+    assert stored() == ids[-1:]
+
+
+def test_events_published_during_a_pass_are_not_candidates():
+    ids = publish(4)
+    prune_pass = retention.plan(Retention(None, 1))
+    assert prune_pass is not None
+    later = publish(3)
+    retention.delete_batch(prune_pass, 100)
+    # The pass was planned when ids[-1] was the newest: it keeps that, and everything newer.
+    assert stored() == [ids[-1], *later]
+
+
+def test_publishing_prunes_one_batch_at_a_time(settings):
+    settings.NOTIFY = {
+        **settings.NOTIFY,
+        "RETENTION": {"max_age": None, "max_events": 2},
+        "PRUNE_BATCH": 3,
+        "PRUNE_INTERVAL_SECONDS": 3600,
+    }
+    ids = [notify.publish("broadcast", n).id for n in range(10)]
+    # Each publish pruned after it committed: the first found nothing to do and scheduled
+    # the next pass an hour later, so the rest stayed.
+    assert stored() == ids
+    retention.reset_pruner()  # the hour has passed
+    with CaptureQueriesContext(connection) as queries:
+        newest = notify.publish("broadcast", "a").id
+    # The pass started after this publish: the newest two of the eleven stay, and one batch
+    # of three went (the oldest ones).
+    assert len(deletes(queries)) == 1
+    assert stored() == [*ids[3:], newest]
+    more = [notify.publish("broadcast", n).id for n in range(3)]
+    # Two more batches finished the pass fixed at ``newest``; the last found fewer than three
+    # and ended it, so the events published meanwhile are all kept.
+    assert stored() == [ids[-1], newest, *more]
+
+
+def test_a_failed_prune_does_not_fail_the_publish(settings, monkeypatch, caplog):
+    settings.NOTIFY = {**settings.NOTIFY, "RETENTION": {"max_age": 60, "max_events": None}}
+
+    def broken(*args, **kwargs):
+        from django.db import OperationalError
+
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(retention, "plan", broken)
+    event = notify.publish("broadcast", 1)
+    assert stored() == [event.id]
+    assert "pruning old events failed: database is locked" in caplog.text
+
+
+def test_a_client_whose_cursor_was_pruned_gets_history_gone(server):
+    ids = publish(6)
+    with SSEClient(f"{server.url}/notify/stream/", last_event_id=str(ids[5])) as client:
+        assert client.next().event == "notify.catchup-start"
+        assert client.next().event == "notify.catchup-end"
+    list(retention.prune(Retention(None, 2), batch_size=2))
+    later = notify.publish("broadcast", "after the prune").id
+    with SSEClient(f"{server.url}/notify/stream/", last_event_id=str(ids[1])) as client:
+        reset = client.next()
+        assert reset.event == "notify.reset"
+        assert payload(reset) == {"reason": "history-gone", "oldest_id": ids[4]}
+        assert reset.id == str(ids[4] - 1)
+        got = client.until(lambda event: event.event == "notify.catchup-end")
+    assert [int(event.id) for event in got if event.event == "message"] == [ids[4], ids[5], later]
