@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "PRUNE_INTERVAL_SECONDS": 300.0,
     # Rows deleted per DELETE statement when pruning.
     "PRUNE_BATCH": 1000,
+    # How often each process reports its open streams per channel (notify.presence).
+    "PRESENCE_SECONDS": 5.0,
     # Bearer tokens accepted by the HTTP publish API (POST /notify/publish/).
     "PUBLISH_TOKENS": [],
     # Dotted path of a callable (user, channel) -> bool deciding who may read a channel;
@@ -121,6 +123,10 @@ class Settings:
     @property
     def PRUNE_BATCH(self) -> int:
         return int(get("PRUNE_BATCH"))
+
+    @property
+    def PRESENCE_SECONDS(self) -> float:
+        return float(get("PRESENCE_SECONDS"))
 
     @property
     def PUBLISH_TOKENS(self) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -166,11 +167,14 @@ class Hub:
         self._fill_lock = asyncio.Lock()
         self._gap_timer: asyncio.TimerHandle | None = None
         self._gap_task: asyncio.Task[None] | None = None
+        # Names this hub's presence report (one per process and event loop).
+        self.presence_key = uuid.uuid4().hex
         self._tasks = [
             self.loop.create_task(self._supervise(self._start), name="notify-hub-start"),
             self.loop.create_task(self._supervise(self._listen), name="notify-hub-listen"),
             self.loop.create_task(self._supervise(self._heartbeat), name="notify-hub-heartbeat"),
             self.loop.create_task(self._supervise(self._watch_database), name="notify-hub-poll"),
+            self.loop.create_task(self._supervise(self._report_presence), name="notify-presence"),
         ]
 
     # -- streams ---------------------------------------------------------------------------
@@ -331,6 +335,20 @@ class Hub:
             await asyncio.sleep(notify_settings.POLL_SECONDS)
             if self.last_id is not None and (self.broker.polls or not self.broker.connected):
                 await self.fill()
+
+    async def _report_presence(self) -> None:
+        """Tell the broker how many streams this hub has per channel, now and then."""
+        reported: dict[str, int] = {}
+        while True:
+            interval = notify_settings.PRESENCE_SECONDS
+            counts = {channel: len(streams) for channel, streams in self.by_channel.items()}
+            if counts or reported:
+                try:
+                    await self.broker.report_presence(self.presence_key, counts, ttl=interval * 3)
+                    reported = counts
+                except Exception as exc:  # presence is informative: never stop for it
+                    logger.debug("notify: could not report presence: %s", exc)
+            await asyncio.sleep(interval)
 
     async def _heartbeat(self) -> None:
         interval = notify_settings.HEARTBEAT_SECONDS

@@ -87,7 +87,9 @@ def test_e002_accepts_positive_integers(settings, key, value):
         assert check_settings() == []
 
 
-@pytest.mark.parametrize("key", ["HEARTBEAT_SECONDS", "POLL_SECONDS", "PRUNE_INTERVAL_SECONDS"])
+@pytest.mark.parametrize(
+    "key", ["HEARTBEAT_SECONDS", "POLL_SECONDS", "PRUNE_INTERVAL_SECONDS", "PRESENCE_SECONDS"]
+)
 @pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, "1", None, True, float("nan"), float("inf")])
 def test_e003_not_a_positive_number(settings, key, value):
     with with_notify(settings, **{key: value}):
@@ -99,7 +101,9 @@ def test_e003_not_a_positive_number(settings, key, value):
         assert ids(notify_messages()) == ["notify.E003"]
 
 
-@pytest.mark.parametrize("key", ["HEARTBEAT_SECONDS", "POLL_SECONDS", "PRUNE_INTERVAL_SECONDS"])
+@pytest.mark.parametrize(
+    "key", ["HEARTBEAT_SECONDS", "POLL_SECONDS", "PRUNE_INTERVAL_SECONDS", "PRESENCE_SECONDS"]
+)
 @pytest.mark.parametrize("value", [0.01, 1, 15.0])
 def test_e003_accepts_positive_numbers(settings, key, value):
     with with_notify(settings, **{key: value}):

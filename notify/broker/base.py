@@ -8,7 +8,7 @@ line, built once by the publisher. Each server process holds ONE subscription (s
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final, NamedTuple
 
 
@@ -66,6 +66,18 @@ class Broker(abc.ABC):
     def subscribe(self) -> AsyncIterator[bytes | Resync]:
         """Notices as they arrive; ``RESYNC`` first and after every reconnect. Runs until
         cancelled, reconnecting by itself."""
+
+    async def report_presence(  # noqa: B027 (optional: a broker that cannot count ignores it)
+        self, key: str, counts: Mapping[str, int], ttl: float
+    ) -> None:
+        """Record that the process ``key`` has ``counts`` open streams per channel, for
+        ``ttl`` seconds (a process that dies stops counting when it expires). Called by each
+        hub every ``PRESENCE_SECONDS`` from its event loop."""
+
+    def stream_counts(self, channels: Sequence[str]) -> dict[str, int] | None:
+        """Open streams per channel over every process that reports, or None when this
+        broker cannot tell."""
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 (optional hook: most brokers hold nothing)
         """Release connections held by ``subscribe``'s event loop."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from notify.broker.base import RESYNC, Broker, Resync
 
@@ -19,6 +20,21 @@ class LocalBroker(Broker):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queues: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[bytes | Resync]]] = []
+        # Presence of this process's hubs (one per event loop): key -> (counts, expires at).
+        self._presence: dict[str, tuple[dict[str, int], float]] = {}
+
+    async def report_presence(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
+        with self._lock:
+            self._presence[key] = (dict(counts), time.monotonic() + ttl)
+
+    def stream_counts(self, channels: Sequence[str]) -> dict[str, int] | None:
+        """The streams of this process: the embedded broker serves one process."""
+        now = time.monotonic()
+        with self._lock:
+            for key in [key for key, (_, expires) in self._presence.items() if expires <= now]:
+                del self._presence[key]
+            reports = [counts for counts, _ in self._presence.values()]
+        return {channel: sum(counts.get(channel, 0) for counts in reports) for channel in channels}
 
     def publish(self, notice: bytes) -> None:
         with self._lock:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import redis
 import redis.asyncio as aioredis
@@ -30,6 +31,11 @@ class RedisBroker(Broker):
         self._connected = False
         self._client: redis.Redis | None = None
         self._client_lock = threading.Lock()
+        self.presence_prefix = f"{prefix}:presence:"
+        # One connection per event loop for presence reports (a hub lives on one loop).
+        self._presence_clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, aioredis.Redis
+        ] = weakref.WeakKeyDictionary()
 
     @property
     def connected(self) -> bool:
@@ -65,6 +71,42 @@ class RedisBroker(Broker):
         except redis.RedisError as exc:
             logger.warning("notify: could not publish to Redis at %s: %s", self.url, exc)
 
+    async def report_presence(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
+        name = f"{self.presence_prefix}{key}"
+        client = self._presence_client()
+        async with client.pipeline(transaction=True) as pipeline:
+            pipeline.delete(name)
+            if counts:
+                # redis-py types the mapping's keys invariantly; str keys are fine.
+                pipeline.hset(name, mapping=dict(counts))  # type: ignore[arg-type]
+                pipeline.pexpire(name, int(ttl * 1000))
+            await pipeline.execute()
+
+    def stream_counts(self, channels: Sequence[str]) -> dict[str, int] | None:
+        totals = dict.fromkeys(channels, 0)
+        if not channels:
+            return totals
+        try:
+            client = self._publisher()
+            # One hash per server process; a process that died stops counting when its
+            # hash expires.
+            for name in client.scan_iter(match=f"{self.presence_prefix}*", count=1000):
+                for channel, value in zip(channels, client.hmget(name, channels), strict=True):
+                    totals[channel] += int(value or 0)
+        except redis.RedisError as exc:
+            logger.warning("notify: could not read stream counts from Redis: %s", exc)
+            return None
+        return totals
+
+    def _presence_client(self) -> aioredis.Redis:
+        loop = asyncio.get_running_loop()
+        client = self._presence_clients.get(loop)
+        if client is None:
+            client = self._presence_clients[loop] = aioredis.Redis.from_url(
+                self.url, socket_connect_timeout=2, socket_timeout=2
+            )
+        return client
+
     async def subscribe(self) -> AsyncIterator[bytes | Resync]:
         delay = _FIRST_DELAY
         while True:
@@ -98,6 +140,9 @@ class RedisBroker(Broker):
             client, self._client = self._client, None
         if client is not None:
             client.close()
+        presence = self._presence_clients.pop(asyncio.get_running_loop(), None)
+        if presence is not None:
+            await presence.aclose()
 
 
 async def _close_quietly(pubsub: aioredis.client.PubSub, client: aioredis.Redis) -> None:

@@ -1,0 +1,79 @@
+"""notify.presence: open streams per channel, reported by every process's hub, expiring
+when a process goes away."""
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+from django.test import override_settings
+
+from notify.broker import get_broker
+from notify.hub import Hub
+from notify.presence import stream_counts
+from tests.conftest import SSEClient
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def eventually(read: Callable[[], object], wanted: object, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while (got := read()) != wanted:
+        assert time.monotonic() < deadline, f"{got!r} != {wanted!r}"
+        time.sleep(0.05)
+
+
+def test_the_embedded_broker_counts_the_streams_of_this_process(settings):
+    local = {**settings.NOTIFY, "BROKER": "notify.broker.local.LocalBroker"}
+    with override_settings(NOTIFY={**local, "PRESENCE_SECONDS": 0.05}):
+
+        async def main() -> list[dict[str, int] | None]:
+            hub = Hub(get_broker())
+            seen = []
+            try:
+                a1 = await hub.subscribe(["a"])
+                await hub.subscribe(["a", "b"])
+                await asyncio.sleep(0.2)
+                seen.append(stream_counts(["a", "b", "c"]))
+                hub.unsubscribe(a1)
+                await asyncio.sleep(0.2)
+                seen.append(stream_counts(["b", "a", "b"]))
+            finally:
+                hub.close()
+            await asyncio.sleep(0.2)  # three intervals: the closed hub's report expired
+            seen.append(stream_counts(["a"]))
+            return seen
+
+        assert asyncio.run(main()) == [{"a": 2, "b": 1, "c": 0}, {"a": 1, "b": 1}, {"a": 0}]
+
+
+def test_redis_sums_every_process_and_forgets_a_killed_one(start_server):
+    first = start_server(PRESENCE_SECONDS=0.2)
+    second = start_server(PRESENCE_SECONDS=0.2)
+    clients = [
+        SSEClient(f"{first.url}/notify/stream/?channel=news"),
+        SSEClient(f"{first.url}/notify/stream/?channel=news&channel=sport"),
+        SSEClient(f"{second.url}/notify/stream/?channel=news"),
+    ]
+    try:
+        for client in clients:
+            assert client.next().event == "notify.open"
+        eventually(
+            lambda: stream_counts(["news", "sport", "other"]), {"news": 3, "sport": 1, "other": 0}
+        )
+        clients.pop(0).close()
+        eventually(lambda: stream_counts(["news", "sport"]), {"news": 2, "sport": 1})
+        # A process killed without any chance to clean up stops counting once its report
+        # expires (three intervals).
+        os.kill(first.pid, signal.SIGKILL)
+        eventually(lambda: stream_counts(["news", "sport"]), {"news": 1, "sport": 0})
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_no_counts_when_redis_is_unreachable(settings):
+    with override_settings(NOTIFY={**settings.NOTIFY, "REDIS_URL": "redis://127.0.0.1:1/0"}):
+        assert stream_counts(["news"]) is None
