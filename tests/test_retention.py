@@ -1,10 +1,11 @@
 """notify.retention: passes fixed at their start, one DELETE per batch, the newest event
 always kept, pruning after publish one batch at a time, and the stream's history-gone reset."""
 
+import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -156,3 +157,31 @@ def test_a_client_whose_cursor_was_pruned_gets_history_gone(server):
         assert reset.id == str(ids[4] - 1)
         got = client.until(lambda event: event.event == "notify.catchup-end")
     assert [int(event.id) for event in got if event.event == "message"] == [ids[4], ids[5], later]
+
+
+def test_pruning_while_others_publish_loses_nothing_it_should_keep():
+    old = publish(300)
+    backdate(old, days=30)
+    published: list[int] = []
+    errors: list[BaseException] = []
+
+    def publisher() -> None:
+        try:
+            for n in range(100):
+                published.append(notify.publish("broadcast", {"during": n}).id)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    prune_pass = retention.plan(Retention(86400, None))
+    assert prune_pass is not None
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    sizes = []
+    while size := retention.delete_batch(prune_pass, 25):
+        sizes.append(size)
+    thread.join()
+    assert errors == []
+    assert sum(sizes) == 299 and all(size <= 25 for size in sizes)
+    assert stored() == [old[-1], *published]
