@@ -20,16 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qsl
 
+from django.apps import apps
+from django.conf import settings
+from django.contrib.auth import get_user
 from django.core.exceptions import ValidationError
+from django.http import HttpRequest
+from django.http.cookie import parse_cookie
 from django.urls import Resolver404, resolve
 
-from notify import sse
+from notify import authorization, sse
 from notify.backpressure import flow_control
 from notify.conf import notify_settings
+from notify.db import db_call
 from notify.hub import HubUnavailable, get_hub
 from notify.stream import HEADERS, EventStream, parse_stream_request
 
@@ -82,6 +89,10 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
     except ValidationError as exc:
         await _plain_response(send, 400, exc.messages[0])
         return
+    refused = await _refused_channels(scope, request.channels)
+    if refused:
+        await _plain_response(send, 403, authorization.describe_refusal(refused))
+        return
     hub = get_hub()
     try:
         subscriber = await hub.subscribe(request.channels)
@@ -117,6 +128,41 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
             flow.detach()
         hub.unsubscribe(subscriber)
         watcher.cancel()
+
+
+async def _refused_channels(scope: Scope, channels: Sequence[str]) -> list[str]:
+    if authorization.is_open():
+        # Nobody's user is needed: opening a stream then reads no session and no user.
+        return []
+    cookie_header = _cookie_header(scope)
+    # Once, before streaming, in one thread-pool call that then closes its connection (the
+    # policy may query the database too): an open stream holds no connection.
+    return await db_call(lambda: authorization.refused(session_user(cookie_header), channels))
+
+
+def session_user(cookie_header: str) -> Any:
+    """The user logged in to the session named by a ``Cookie`` header, found as
+    ``AuthenticationMiddleware`` finds it; ``authorization.anonymous_user()`` when there is
+    none, or when ``django.contrib.auth`` or ``django.contrib.sessions`` is not installed.
+    Reads the database: call it through ``db_call``.
+
+    Streams are served before Django's middleware runs, so this does its work here.
+    """
+    if not (
+        apps.is_installed("django.contrib.auth") and apps.is_installed("django.contrib.sessions")
+    ):
+        return authorization.anonymous_user()
+    # get_user reads nothing of the request but its session.
+    request = HttpRequest()
+    session_key = parse_cookie(cookie_header).get(settings.SESSION_COOKIE_NAME)
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    return get_user(request)
+
+
+def _cookie_header(scope: Scope) -> str:
+    # HTTP/2 clients may split cookies over several headers; Django joins them likewise.
+    values = [bytes(value).decode("latin-1") for key, value in scope["headers"] if key == b"cookie"]
+    return "; ".join(values)
 
 
 async def _write(send: Send, body: bytes) -> None:

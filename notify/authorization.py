@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
+from django.apps import apps
+from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from notify.conf import notify_settings
@@ -31,8 +33,36 @@ def policy() -> Policy:
     return allow_all if path is None else _load(path)
 
 
+def is_open() -> bool:
+    """Whether every channel is public (``AUTHORIZE`` unset): callers then need no user."""
+    return policy() is allow_all
+
+
 def refused(user: Any, channels: Sequence[str]) -> list[str]:
     """The channels of ``channels`` that ``user`` may not read (an empty list: all allowed).
-    ``user`` is a Django user, ``AnonymousUser`` for visitors."""
+    ``user`` is a Django user, ``AnonymousUser`` for visitors (see ``anonymous_user``)."""
     allowed = policy()
     return [channel for channel in channels if not allowed(user, channel)]
+
+
+def anonymous_user() -> Any:
+    """The user of a request nobody is logged in to: ``AnonymousUser``, or None in a project
+    without ``django.contrib.auth`` (whose models cannot be imported there)."""
+    if not apps.is_installed("django.contrib.auth"):
+        return None
+    from django.contrib.auth.models import AnonymousUser
+
+    return AnonymousUser()
+
+
+def describe_refusal(channels: Sequence[str]) -> str:
+    """The reason given to a client refused ``channels`` (the result of ``refused``)."""
+    noun = "channel" if len(channels) == 1 else "channels"
+    names = ", ".join(f'"{channel}"' for channel in channels)
+    return f"not allowed to read {noun} {names}"
+
+
+def request_user(request: HttpRequest) -> Any:
+    """``request.user`` when ``AuthenticationMiddleware`` set it, else ``anonymous_user()``."""
+    user = getattr(request, "user", None)
+    return anonymous_user() if user is None else user

@@ -41,6 +41,28 @@ class StreamRequest:
     cursor: str | None
 
 
+def parse_channels(values: Iterable[str]) -> tuple[str, ...]:
+    """The channels named by the ``channel`` parameters of a request, checked: each valid,
+    none repeated, at most ``MAX_CHANNELS``; ``("broadcast",)`` when none is named.
+    Raises ValidationError. The stream and the history API read channels alike."""
+    values = list(values)
+    limit = notify_settings.MAX_CHANNELS
+    # Counted before anything else, so that a request naming thousands of channels costs
+    # no more than one naming a few.
+    if len(values) > limit:
+        raise ValidationError(
+            f'{len(values)} channels requested; the limit is {limit} (NOTIFY["MAX_CHANNELS"])',
+            code="too_many",
+        )
+    channels: dict[str, None] = {}  # ordered, with O(1) lookups
+    for value in values:
+        channel = validate_channel(value)
+        if channel in channels:
+            raise ValidationError(f'channel "{channel}" is given twice', code="repeated")
+        channels[channel] = None
+    return tuple(channels) or (DEFAULT_CHANNEL,)
+
+
 def parse_stream_request(
     params: Iterable[tuple[str, str]], last_event_id: str | None
 ) -> StreamRequest:
@@ -49,21 +71,12 @@ def parse_stream_request(
     query_cursor: str | None = None
     for name, value in params:
         if name == "channel":
-            channel = validate_channel(value)
-            if channel in channels:
-                raise ValidationError(f'channel "{channel}" is given twice', code="repeated")
-            channels.append(channel)
+            channels.append(value)
         elif name == "lastEventId":
             query_cursor = value
-    limit = notify_settings.MAX_CHANNELS
-    if len(channels) > limit:
-        raise ValidationError(
-            f'{len(channels)} channels requested; the limit is {limit} (NOTIFY["MAX_CHANNELS"])',
-            code="too_many",
-        )
     # An empty Last-Event-ID is what a client sends before it has seen an id: no cursor.
     cursor = last_event_id or query_cursor or None
-    return StreamRequest(tuple(channels) or (DEFAULT_CHANNEL,), cursor)
+    return StreamRequest(parse_channels(channels), cursor)
 
 
 class EventStream:

@@ -6,4 +6,6 @@ app_name = "notify"
 
 urlpatterns = [
     path("stream/", views.stream, name="stream"),
+    path("publish/", views.publish, name="publish"),
+    path("history/", views.history, name="history"),
 ]

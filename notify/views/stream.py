@@ -5,15 +5,16 @@ is not wrapped (it works, but Django's handler then keeps a thread per open stre
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from urllib.parse import parse_qsl
 
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from notify import sse
+from notify import authorization, sse
 from notify.conf import notify_settings
+from notify.db import db_call
 from notify.hub import Hub, HubUnavailable, Subscriber, get_hub
 from notify.stream import HEADERS, EventStream, parse_stream_request
 
@@ -39,6 +40,10 @@ async def stream(request: HttpRequest) -> HttpResponse:
         )
     except ValidationError as exc:
         return HttpResponse(exc.messages[0] + "\n", status=400, content_type="text/plain")
+    refused = await _refused_channels(request, stream_request.channels)
+    if refused:
+        reason = authorization.describe_refusal(refused)
+        return HttpResponse(reason + "\n", status=403, content_type="text/plain")
     hub = get_hub()
     try:
         subscriber = await hub.subscribe(stream_request.channels)
@@ -59,6 +64,16 @@ async def stream(request: HttpRequest) -> HttpResponse:
 
 # Marks the view for notify.asgi.is_stream_path, which serves its URL before Django.
 stream.notify_stream = True
+
+
+async def _refused_channels(request: HttpRequest, channels: Sequence[str]) -> list[str]:
+    if authorization.is_open():
+        return []
+    # request.user is lazy: its session and user are read in this thread-pool call, with the
+    # policy's own queries, and the connection is closed before streaming starts.
+    return await db_call(
+        lambda: authorization.refused(authorization.request_user(request), channels)
+    )
 
 
 async def _body(hub: Hub, subscriber: Subscriber, cursor: str | None) -> AsyncIterator[bytes]:
