@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint migrate clean
+.PHONY: run test lint migrate clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ migrate: $(VENV)/.run-deps
 run: migrate
 	$(BIN)/daphne -e tcp:port=$(PORT):interface=$(HOST):backlog=1024 project.asgi:application
 
-test: $(VENV)/.dev-deps
+# The browser tests drive Debian's Chromium (Playwright's own download does not work here).
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "Installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: $(VENV)/.dev-deps chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-deps

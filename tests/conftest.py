@@ -28,6 +28,9 @@ from django.db import connection
 from django.test import override_settings
 from httpx_sse import EventSource, ServerSentEvent
 
+# The real-browser fixtures (``chromium``, ``page``).
+pytest_plugins = ["tests.browser"]
+
 ROOT = Path(__file__).resolve().parent.parent
 # A run-unique Redis channel prefix, shared by this process and the servers it starts.
 REDIS_PREFIX = f"notify-tests-{uuid.uuid4().hex[:8]}"
