@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 CONTROL_PREFIX = "notify."
 OPEN = "notify.open"
@@ -77,3 +77,32 @@ def catchup_end_frame(count: int, last_id: int) -> bytes:
 
 def reset_frame(reason: str, oldest_id: int | None, cursor: int) -> bytes:
     return control_frame(RESET, {"oldest_id": oldest_id, "reason": reason}, event_id=cursor)
+
+
+class Frame(NamedTuple):
+    """One event read back from a stream's bytes."""
+
+    #: The ``id:`` line; None for the control events that carry none.
+    id: int | None
+    event: str
+    #: The ``data:`` line: the envelope of an event, the JSON object of a control event.
+    data: str
+
+
+def parse_frames(chunk: bytes) -> list[Frame]:
+    """The events in ``chunk``: whole frames, as ``notify.stream.EventStream.body()`` yields
+    them (this reads notify's own frames, not SSE in general). Comments (heartbeats) and the
+    ``retry:`` block dispatch no event and are skipped."""
+    frames = []
+    for block in chunk.split(b"\n\n"):
+        fields = dict(
+            line.decode("ascii").split(": ", 1)
+            for line in block.split(b"\n")
+            if line and not line.startswith(b":")
+        )
+        if "event" in fields:
+            raw_id = fields.get("id")
+            frames.append(
+                Frame(None if raw_id is None else int(raw_id), fields["event"], fields["data"])
+            )
+    return frames

@@ -172,3 +172,27 @@ def test_encode_json_refuses_nan():
     for value in (float("nan"), float("inf"), [float("-inf")]):
         with pytest.raises(ValueError):
             sse.encode_json(value)
+
+
+def test_parse_frames_reads_back_what_a_stream_sends():
+    line = sse.envelope(42, "orders", "message", CREATED, '{"a": "line\\u2028two"}')
+    chunk = (
+        sse.retry_frame(3000)
+        + sse.open_frame(41)
+        + sse.catchup_start_frame(41)
+        + sse.event_frame(42, "message", line)
+        + sse.HEARTBEAT
+        + sse.catchup_end_frame(1, 42)
+        + sse.reset_frame("history-gone", 50, 49)
+    )
+    assert sse.parse_frames(chunk) == [
+        sse.Frame(41, sse.OPEN, '{"last_id": 41}'),
+        sse.Frame(None, sse.CATCHUP_START, '{"after": 41}'),
+        sse.Frame(42, "message", line),
+        sse.Frame(None, sse.CATCHUP_END, '{"count": 1, "last_id": 42}'),
+        sse.Frame(49, sse.RESET, '{"oldest_id": 50, "reason": "history-gone"}'),
+    ]
+
+
+def test_parse_frames_of_a_heartbeat_alone():
+    assert sse.parse_frames(sse.HEARTBEAT) == []

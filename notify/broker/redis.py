@@ -74,7 +74,8 @@ class RedisBroker(Broker):
     async def report_presence(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
         name = f"{self.presence_prefix}{key}"
         client = self._presence_client()
-        async with client.pipeline(transaction=True) as pipeline:
+        # asyncio.timeout rather than a socket timeout (see subscribe).
+        async with asyncio.timeout(ttl), client.pipeline(transaction=True) as pipeline:
             pipeline.delete(name)
             if counts:
                 # redis-py types the mapping's keys invariantly; str keys are fine.
@@ -103,7 +104,7 @@ class RedisBroker(Broker):
         client = self._presence_clients.get(loop)
         if client is None:
             client = self._presence_clients[loop] = aioredis.Redis.from_url(
-                self.url, socket_connect_timeout=2, socket_timeout=2
+                self.url, socket_connect_timeout=2, socket_timeout=None
             )
         return client
 
@@ -113,6 +114,10 @@ class RedisBroker(Broker):
             client = aioredis.Redis.from_url(
                 self.url,
                 socket_connect_timeout=2,
+                # No socket timeout: redis-py then wraps each write in asyncio.wait_for,
+                # which on Python 3.11 can swallow a cancellation (the hub would not stop).
+                # get_message's own timeout and the health checks find a dead connection.
+                socket_timeout=None,
                 health_check_interval=self.health_check_seconds,
                 socket_keepalive=True,
             )

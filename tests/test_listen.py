@@ -1,0 +1,247 @@
+"""``manage.py listen [CHANNEL ...] [--last-event-id N] [--json]``, run as a real process."""
+
+from __future__ import annotations
+
+import io
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+
+import notify
+from notify import sse
+from notify.api import prepare, publish_many
+from notify.models import Event
+from tests.conftest import ROOT, server_env
+
+
+class Listen:
+    """``manage.py listen`` in a subprocess; its stdout read line by line with a timeout."""
+
+    def __init__(self, *args: str, redis_url: str | None, **notify_settings: Any) -> None:
+        env = server_env(redis_url, **notify_settings)
+        # Python buffers a pipe: a line arrives only because listen flushes it.
+        del env["PYTHONUNBUFFERED"]
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "listen", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def line(self, timeout: float = 10.0) -> str:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"listen printed nothing in {timeout} s") from None
+        if line is None:
+            raise EOFError(f"listen exited with {self.process.wait()}: {self.stderr()}")
+        return line
+
+    def take(self, count: int) -> list[str]:
+        return [self.line() for _ in range(count)]
+
+    def interrupt(self) -> tuple[int, str]:
+        """Ctrl-C; returns the exit status and everything on stderr."""
+        self.process.send_signal(signal.SIGINT)
+        status = self.process.wait(10)
+        return status, self.stderr()
+
+    def stderr(self) -> str:
+        assert self.process.stderr is not None
+        return self.process.stderr.read()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def listen(transactional_db: None, redis_url: str):
+    started: list[Listen] = []
+
+    def start(*args: str, **notify_settings: Any) -> Listen:
+        process = Listen(*args, redis_url=redis_url, **notify_settings)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def data_line(event: Event) -> str:
+    """What a stream client receives as the event's data: its envelope."""
+    return event.sse_frame().decode().split("data: ", 1)[1].rstrip("\n")
+
+
+def test_json_prints_live_events_as_their_envelope(listen):
+    listener = listen("orders", "user:7", "--json")
+    opened = json.loads(listener.line())
+    newest = Event.objects.order_by("id").last()
+    last_id = newest.id if newest else 0
+    assert opened == {"control": "notify.open", "id": last_id, "data": {"last_id": last_id}}
+    notify.publish("elsewhere", 0)
+    first = notify.publish("orders", {"b": [1, 2], "a": "café"}, event="order.paid")
+    second = notify.publish("user:7", None)
+    lines = listener.take(2)
+    assert lines == [data_line(first), data_line(second)]
+    envelope = json.loads(lines[0])
+    assert envelope == {
+        "id": first.id,
+        "channel": "orders",
+        "event": "order.paid",
+        "created": sse.format_created(Event.objects.get(pk=first.id).created),
+        "data": {"a": "café", "b": [1, 2]},
+    }
+    assert list(envelope) == ["id", "channel", "event", "created", "data"]
+    assert listener.interrupt() == (0, "")
+
+
+def test_text_replays_after_the_cursor_then_goes_live(listen):
+    before = notify.publish("orders", "before")
+    one, _, two = publish_many(
+        [prepare("orders", {"n": 1}), prepare("other", 0), prepare("orders", "café", event="x")]
+    )
+    listener = listen("orders", "--last-event-id", str(before.id))
+    assert listener.take(4) == [
+        f'-- notify.catchup-start {{"after": {before.id}}}',
+        f'#{one.id} orders message {{"n": 1}}',
+        f'#{two.id} orders x "café"',
+        f'-- notify.catchup-end {{"count": 2, "last_id": {two.id}}}',
+    ]
+    live = notify.publish("orders", [1, None])
+    assert listener.line() == f"#{live.id} orders message [1, null]"
+    assert listener.interrupt() == (0, "")
+
+
+def test_default_channel_is_broadcast(listen):
+    listener = listen()
+    assert listener.line().startswith("-- notify.open #")
+    notify.publish("orders", 1)
+    event = notify.publish("broadcast", {"deploy": "v2"})
+    assert listener.line() == f'#{event.id} broadcast message {{"deploy": "v2"}}'
+    assert listener.interrupt() == (0, "")
+
+
+def test_cursor_beyond_the_newest_id_is_reset(listen):
+    newest = notify.publish("orders", 1)
+    listener = listen("orders", "--json", "--last-event-id", str(newest.id + 10))
+    assert json.loads(listener.line()) == {
+        "control": "notify.reset",
+        "id": newest.id,
+        "data": {"oldest_id": Event.objects.order_by("id").first().id, "reason": "unknown-cursor"},
+    }
+    assert listener.interrupt() == (0, "")
+
+
+def test_a_stream_closed_as_too_slow_resumes_from_the_last_id(listen):
+    listener = listen("bulk", MAX_BUFFER=2)
+    assert listener.line().startswith("-- notify.open #")
+    # One Redis round trip for 300 notices: the process's hub takes in more than two before
+    # the stream can print, closes the stream as too slow, and listen resumes.
+    events = publish_many([prepare("bulk", n) for n in range(300)])
+    printed, controls = [], []
+    while len(printed) < len(events):
+        line = listener.line()
+        (printed if line.startswith("#") else controls).append(line)
+    assert printed == [f"#{event.id} bulk message {n}" for n, event in enumerate(events)]
+    assert any(line.startswith("-- notify.catchup-start") for line in controls), controls
+    assert listener.interrupt() == (0, "")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stops_quietly_when_its_reader_goes_away(redis_url):
+    # Read in this thread: closing a pipe another thread is reading would deadlock.
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "listen", "orders"],
+        cwd=ROOT,
+        env=server_env(redis_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline().startswith(b"-- notify.open")
+        process.stdout.close()
+        notify.publish("orders", 1)
+        assert process.wait(10) == 0
+        assert process.stderr.read() == b""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "reason"),
+    [
+        (("a b",), 1, 'CommandError: channel "a b" contains a space'),
+        (("orders", "orders"), 1, 'CommandError: channel "orders" is given twice'),
+        (
+            ("--last-event-id", "abc"),
+            2,
+            'argument --last-event-id: "abc" is not an event id; give a whole number',
+        ),
+        (("--last-event-id", "-1"), 2, 'argument --last-event-id: "-1" is not an event id'),
+    ],
+)
+def test_bad_input_in_a_real_process(redis_url, args, status, reason):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "listen", *args],
+        cwd=ROOT,
+        env=server_env(redis_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == status
+    assert done.stdout == ""
+    assert reason in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("a b",), 'channel "a b" contains a space; use only [A-Za-z0-9_.:@/-]'),
+        (("",), "channel is empty; use 1 to 200 characters of [A-Za-z0-9_.:@/-]"),
+        (
+            ("--last-event-id", "1" * 21),
+            f'Error: argument --last-event-id: "{"1" * 21}" is not an event id; give a whole '
+            "number of at most 20 digits (0 replays every event kept)",
+        ),
+    ],
+)
+def test_bad_input_is_a_command_error(args, message):
+    with pytest.raises(CommandError) as caught:
+        call_command("listen", *args, stdout=io.StringIO(), stderr=io.StringIO())
+    assert str(caught.value) == message
+
+
+def test_too_many_channels(settings):
+    with (
+        override_settings(NOTIFY={**settings.NOTIFY, "MAX_CHANNELS": 2}),
+        pytest.raises(CommandError) as caught,
+    ):
+        call_command("listen", "a", "b", "c", stdout=io.StringIO())
+    assert str(caught.value) == '3 channels requested; the limit is 2 (NOTIFY["MAX_CHANNELS"])'
