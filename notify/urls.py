@@ -5,6 +5,7 @@ from notify import views
 app_name = "notify"
 
 urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
     path("stream/", views.stream, name="stream"),
     path("publish/", views.publish, name="publish"),
     path("history/", views.history, name="history"),

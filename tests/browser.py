@@ -1,6 +1,6 @@
 """A real browser for the tests: Debian's Chromium driven by Playwright.
 
-``chromium`` (one browser per test session) and ``page`` (a fresh context per test) are
+``chromium`` (one browser per test module) and ``page`` (a fresh context per test) are
 fixtures, registered by ``tests/conftest.py``. A page fails its test at teardown if it logged
 a console error or threw an uncaught exception, unless the test expected it
 (``page.expect_console_errors(pattern)``).
@@ -28,15 +28,26 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    # Playwright's sync API runs an event loop in this thread; the tests' ORM calls are
-    # still plain synchronous calls.
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    """One browser per test module. Not per session: Playwright's sync API keeps an event
+    loop running in this thread while it is started, and other modules' tests call
+    ``asyncio.run``."""
+    # The tests' ORM calls are plain synchronous calls, made while that loop runs; Django
+    # would take them for calls from async code. Restored afterwards, so that the check
+    # still guards every other test.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 class PageProblems:

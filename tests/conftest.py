@@ -189,8 +189,10 @@ class Server:
         kind: str = "daphne",
         app: str = "tests.asgi:application",
         args: Sequence[str] = (),
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        # A given port restarts a server where its clients expect it.
+        self.port = free_port() if port is None else port
         self.kind = kind
         if kind == "daphne":
             command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
@@ -260,7 +262,7 @@ StartServer = Callable[..., Server]
 @pytest.fixture
 def start_server(transactional_db: None, redis_url: str) -> Iterator[StartServer]:
     """``start_server(kind="daphne", redis=<session Redis URL or None>, app=...,
-    server_args=<more command-line arguments>, **NOTIFY)``."""
+    server_args=<more command-line arguments>, port=<a free one>, **NOTIFY)``."""
     servers: list[Server] = []
 
     def start(
@@ -268,10 +270,13 @@ def start_server(transactional_db: None, redis_url: str) -> Iterator[StartServer
         redis: str | None = redis_url,
         app: str = "tests.asgi:application",
         server_args: Sequence[str] = (),
+        port: int | None = None,
         **notify: Any,
     ) -> Server:
         notify.setdefault("HEARTBEAT_SECONDS", 2)
-        server = Server(server_env(redis, **notify), kind=kind, app=app, args=server_args)
+        server = Server(
+            server_env(redis, **notify), kind=kind, app=app, args=server_args, port=port
+        )
         servers.append(server)
         return server
 

@@ -88,6 +88,8 @@ if os.environ.get("NOTIFY_TEST_DB_NAME"):
     DATABASES["default"]["NAME"] = os.environ["NOTIFY_TEST_DB_NAME"]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# For {% static %} in notify's templates; tests/js_pages.py serves notify's static files there.
+STATIC_URL = "/static/"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
