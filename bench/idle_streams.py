@@ -113,6 +113,8 @@ def main() -> None:
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "NOTIFY_TEST_DB_NAME": db,
         "REDIS_URL": "",
+        # Every stream comes from 127.0.0.1: no per-address limit.
+        "NOTIFY_TEST_SETTINGS": '{"MAX_STREAMS_PER_IP": null}',
     }
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     print(f"{args.streams} idle streams on daphne, SQLite, embedded broker")

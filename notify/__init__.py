@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from notify.models import Event
 
-__all__ = ["apublish", "publish"]
+__all__ = ["apublish", "publish", "revoke"]
 
 
 def publish(channel: str, data: Any = None, *, event: str = "message") -> Event:
@@ -22,5 +22,12 @@ async def apublish(channel: str, data: Any = None, *, event: str = "message") ->
     return await _apublish(channel, data, event=event)
 
 
+def revoke(user: Any) -> None:
+    from notify.revocation import revoke as _revoke
+
+    _revoke(user)
+
+
 publish.__doc__ = "Store an event and broadcast it after commit; see ``notify.api.publish``."
 apublish.__doc__ = "Async ``publish``; see ``notify.api.apublish``."
+revoke.__doc__ = "Close the user's open streams in every process; see ``notify.revocation.revoke``."

@@ -7,5 +7,6 @@ class NotifyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Registers the system checks and the setting_changed receivers.
-        from notify import checks, signals  # noqa: F401
+        # Registers the system checks, the setting_changed receivers and the revocation of
+        # a user's streams on logout.
+        from notify import checks, revocation, signals  # noqa: F401

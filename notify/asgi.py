@@ -33,7 +33,7 @@ from django.http import HttpRequest
 from django.http.cookie import parse_cookie
 from django.urls import Resolver404, resolve
 
-from notify import authorization, sse
+from notify import authorization, cors, limits, sse
 from notify.backpressure import flow_control
 from notify.conf import notify_settings
 from notify.db import db_call
@@ -46,7 +46,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_RESPONSE_HEADERS = [(name.lower().encode(), value.encode()) for name, value in HEADERS]
+
+def _encode(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+_RESPONSE_HEADERS = _encode(HEADERS)
 
 
 class NotifyASGIHandler:
@@ -79,6 +84,12 @@ def is_stream_path(path: str) -> bool:
 
 
 async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
+    origin = _header(scope, b"origin")
+    preflight = cors.preflight_headers(origin) if scope["method"] == "OPTIONS" else None
+    if preflight is not None:
+        await send({"type": "http.response.start", "status": 204, "headers": _encode(preflight)})
+        await send({"type": "http.response.body", "body": b""})
+        return
     if scope["method"] != "GET":
         await _plain_response(send, 405, "Streams are read with GET.", [(b"allow", b"GET")])
         return
@@ -89,14 +100,27 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
     except ValidationError as exc:
         await _plain_response(send, 400, exc.messages[0])
         return
-    refused = await _refused_channels(scope, request.channels)
-    if refused:
-        await _plain_response(send, 403, authorization.describe_refusal(refused))
+    access = await _check_access(scope, request.channels)
+    if access.refused:
+        await _plain_response(send, 403, authorization.describe_refusal(access.refused))
+        return
+    # Counted before subscribing; released in the ``finally`` below once subscribed.
+    counter = limits.get_counter()
+    owner, limit = limits.owner(access.user_id, limits.client_address(scope))
+    if not await counter.acquire(owner, limit):
+        assert limit is not None
+        retry_after = str(limits.RETRY_AFTER).encode()
+        await _plain_response(
+            send, 429, limits.refusal(owner, limit), [(b"retry-after", retry_after)]
+        )
         return
     hub = get_hub()
     try:
-        subscriber = await hub.subscribe(request.channels)
-    except HubUnavailable as exc:
+        subscriber = await hub.subscribe(request.channels, access.user_id)
+    except BaseException as exc:
+        counter.release(owner)
+        if not isinstance(exc, HubUnavailable):
+            raise
         await _plain_response(
             send, 503, f"Streams are unavailable: {exc}.", [(b"retry-after", b"5")]
         )
@@ -108,9 +132,11 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
     # read; None under other servers, where ``await send()`` waits instead.
     flow = flow_control(send, subscriber)
     try:
-        await send({"type": "http.response.start", "status": 200, "headers": _RESPONSE_HEADERS})
+        headers = _RESPONSE_HEADERS + _encode(cors.response_headers(origin))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await _write(send, sse.retry_frame(notify_settings.RETRY_MS))
-        async for chunk in EventStream(subscriber, request.cursor).body():
+        lifetime = limits.stream_lifetime()
+        async for chunk in EventStream(subscriber, request.cursor, lifetime).body():
             await _write(send, chunk)
         # Detached before the response ends (Twisted wants it so); True when it aborted the
         # connection of a stalled client, which leaves nothing to send.
@@ -127,17 +153,18 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
         if flow is not None:
             flow.detach()
         hub.unsubscribe(subscriber)
+        counter.release(owner)
         watcher.cancel()
 
 
-async def _refused_channels(scope: Scope, channels: Sequence[str]) -> list[str]:
+async def _check_access(scope: Scope, channels: Sequence[str]) -> authorization.Access:
     if authorization.is_open():
         # Nobody's user is needed: opening a stream then reads no session and no user.
-        return []
+        return authorization.Access([], None)
     cookie_header = _cookie_header(scope)
     # Once, before streaming, in one thread-pool call that then closes its connection (the
     # policy may query the database too): an open stream holds no connection.
-    return await db_call(lambda: authorization.refused(session_user(cookie_header), channels))
+    return await db_call(lambda: authorization.check(session_user(cookie_header), channels))
 
 
 def session_user(cookie_header: str) -> Any:
@@ -175,11 +202,11 @@ async def _until_disconnect(receive: Receive) -> None:
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            # HTTP header bytes are latin-1 by definition; nothing is lost decoding them.
-            return bytes(value).decode("latin-1")
-    return None
+    # HTTP header bytes are latin-1 by definition; nothing is lost decoding them. A header
+    # given twice is joined with "," as Django joins it, so that the fallback view reads a
+    # request as this handler does (two Last-Event-IDs are no valid cursor, not the first).
+    values = [bytes(value).decode("latin-1") for key, value in scope["headers"] if key == name]
+    return ",".join(values) if values else None
 
 
 async def _plain_response(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.apps import apps
 from django.http import HttpRequest
@@ -15,8 +15,49 @@ from notify.conf import notify_settings
 Policy = Callable[[Any, str], bool]
 
 
+class Access(NamedTuple):
+    """What a stream may do: the channels it was refused (none: it may open) and the pk of its
+    user (``str``; None for an anonymous visitor, or when no user was looked up), by which
+    ``notify.revoke`` finds the stream."""
+
+    refused: list[str]
+    user_id: str | None
+
+
+def default_policy(user: Any, channel: str) -> bool:
+    """The policy unless ``NOTIFY["AUTHORIZE"]`` names another:
+
+    - ``broadcast`` and ``public:*``: everyone, visitors included;
+    - ``user:<pk>``: that user only;
+    - ``group:<name>``: members of the Django group ``<name>``;
+    - ``staff:*``: active staff users;
+    - any other channel: nobody (a project's own policy may open it).
+
+    ``user`` is a Django user or ``AnonymousUser`` (None without ``django.contrib.auth``).
+    A group channel costs one query; the stream runs it in the thread-pool call that finds
+    the user.
+    """
+    if channel == "broadcast" or channel.startswith("public:"):
+        return True
+    if user is None or not user.is_authenticated or not user.is_active:
+        return False
+    kind, colon, name = channel.partition(":")
+    if not colon:
+        return False
+    if kind == "user":
+        return str(user.pk) == name
+    if kind == "group":
+        # A custom user model without PermissionsMixin has no groups.
+        groups = getattr(user, "groups", None)
+        return bool(name) and groups is not None and groups.filter(name=name).exists()
+    if kind == "staff":
+        return bool(getattr(user, "is_staff", False))
+    return False
+
+
 def allow_all(user: Any, channel: str) -> bool:
-    """The policy when ``NOTIFY["AUTHORIZE"]`` is unset: every channel is public."""
+    """Every channel is public: set ``NOTIFY["AUTHORIZE"] = "notify.authorization.allow_all"``.
+    Streams then look up no user (and ``notify.revoke`` cannot find them)."""
     return True
 
 
@@ -29,12 +70,11 @@ def _load(path: str) -> Policy:
 
 
 def policy() -> Policy:
-    path = notify_settings.AUTHORIZE
-    return allow_all if path is None else _load(path)
+    return _load(notify_settings.AUTHORIZE)
 
 
 def is_open() -> bool:
-    """Whether every channel is public (``AUTHORIZE`` unset): callers then need no user."""
+    """Whether every channel is public (``allow_all``): callers then need no user."""
     return policy() is allow_all
 
 
@@ -43,6 +83,12 @@ def refused(user: Any, channels: Sequence[str]) -> list[str]:
     ``user`` is a Django user, ``AnonymousUser`` for visitors (see ``anonymous_user``)."""
     allowed = policy()
     return [channel for channel in channels if not allowed(user, channel)]
+
+
+def check(user: Any, channels: Sequence[str]) -> Access:
+    """``refused(user, channels)``, with the user's pk for revocation (see ``Access``)."""
+    authenticated = user is not None and user.is_authenticated
+    return Access(refused(user, channels), str(user.pk) if authenticated else None)
 
 
 def anonymous_user() -> Any:

@@ -84,6 +84,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     errors.extend(_check_retention(raw.get("RETENTION", DEFAULTS["RETENTION"])))
     errors.extend(_check_publish_tokens(raw.get("PUBLISH_TOKENS", [])))
     errors.extend(_check_authorize(raw.get("AUTHORIZE")))
+    errors.extend(
+        _check_cors(
+            raw.get("CORS_ALLOWED_ORIGINS", DEFAULTS["CORS_ALLOWED_ORIGINS"]),
+            raw.get("CORS_ALLOW_CREDENTIALS", DEFAULTS["CORS_ALLOW_CREDENTIALS"]),
+        )
+    )
+    errors.extend(_check_stream_limits(raw))
     redis_url = raw.get("REDIS_URL")
     if redis_url and urlsplit(str(redis_url)).scheme not in ("redis", "rediss", "unix"):
         errors.append(
@@ -204,6 +211,103 @@ def _check_authorize(path: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+def _check_stream_limits(raw: dict[str, Any]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for key in ("MAX_STREAMS_PER_USER", "MAX_STREAMS_PER_IP"):
+        value = raw.get(key, DEFAULTS[key])
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            errors.append(
+                Error(
+                    f'NOTIFY["{key}"] must be a positive integer or None, not {value!r}.',
+                    hint="None switches the limit off.",
+                    id="notify.E013",
+                )
+            )
+    seconds = raw.get("MAX_STREAM_SECONDS", DEFAULTS["MAX_STREAM_SECONDS"])
+    if seconds is None:
+        return errors
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or seconds <= 0
+    ):
+        errors.append(
+            Error(
+                f'NOTIFY["MAX_STREAM_SECONDS"] must be a positive number or None, not {seconds!r}.',
+                hint="None lets a stream last for ever.",
+                id="notify.E014",
+            )
+        )
+        return errors
+    heartbeat = raw.get("HEARTBEAT_SECONDS", DEFAULTS["HEARTBEAT_SECONDS"])
+    # An invalid heartbeat is E003's to report.
+    if isinstance(heartbeat, int | float) and math.isfinite(heartbeat) and seconds < heartbeat:
+        errors.append(
+            Warning(
+                f'NOTIFY["MAX_STREAM_SECONDS"] ({seconds}) is shorter than '
+                f'NOTIFY["HEARTBEAT_SECONDS"] ({heartbeat}): every idle client reconnects '
+                f"before its first heartbeat.",
+                hint="Let streams last minutes at least (the default is an hour).",
+                id="notify.W004",
+            )
+        )
+    return errors
+
+
+def _check_cors(origins: Any, credentials: Any) -> list[CheckMessage]:
+    hint = 'List exact origins, scheme and host and any port: ["https://app.example.com"].'
+    if not isinstance(origins, list | tuple) or not all(isinstance(o, str) for o in origins):
+        return [
+            Error(
+                f'NOTIFY["CORS_ALLOWED_ORIGINS"] must be a list of origins, not {origins!r}.',
+                hint=hint,
+                id="notify.E012",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    if "*" in origins and credentials:
+        errors.append(
+            Error(
+                'NOTIFY["CORS_ALLOWED_ORIGINS"] has "*" while NOTIFY["CORS_ALLOW_CREDENTIALS"] '
+                "is true: any site could read the streams of your logged-in users.",
+                hint='List the origins you trust, or set NOTIFY["CORS_ALLOW_CREDENTIALS"] = False.',
+                id="notify.E011",
+            )
+        )
+    for origin in origins:
+        if origin != "*" and not _is_origin(origin):
+            errors.append(
+                Error(
+                    f'NOTIFY["CORS_ALLOWED_ORIGINS"] has {origin!r}, which is not an origin.',
+                    hint=hint,
+                    id="notify.E012",
+                )
+            )
+    return errors
+
+
+def _is_origin(value: str) -> bool:
+    """Whether ``value`` is an origin as a browser sends it: ``scheme://host[:port]``."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not (parts.path or parts.query or parts.fragment or "@" in parts.netloc)
+        and "?" not in value
+        and "#" not in value
+        and value.isascii()
+        and value == value.lower()
+        and (port is None or f":{port}" == value[value.rfind(":") :])
+    )
 
 
 @register(deploy=False)

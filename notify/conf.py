@@ -38,11 +38,22 @@ DEFAULTS: dict[str, Any] = {
     "PRUNE_BATCH": 1000,
     # How often each process reports its open streams per channel (notify.presence).
     "PRESENCE_SECONDS": 5.0,
+    # A stream ends after this many seconds (±10 %) and its client resumes; None: never.
+    "MAX_STREAM_SECONDS": 3600,
+    # Open streams per logged-in user, and per client address for other streams; None: no
+    # limit. Counted over every process when Redis is used (notify.limits).
+    "MAX_STREAMS_PER_USER": 20,
+    "MAX_STREAMS_PER_IP": 100,
     # Bearer tokens accepted by the HTTP publish API (POST /notify/publish/).
     "PUBLISH_TOKENS": [],
+    # Exact origins ("https://app.example.com") whose pages may open streams from another
+    # origin (CORS); [] answers no other origin.
+    "CORS_ALLOWED_ORIGINS": [],
+    # Whether those pages may send their cookies with the stream (withCredentials: true).
+    "CORS_ALLOW_CREDENTIALS": True,
     # Dotted path of a callable (user, channel) -> bool deciding who may read a channel;
-    # None lets everyone read every channel.
-    "AUTHORIZE": None,
+    # "notify.authorization.allow_all" lets everyone read every channel.
+    "AUTHORIZE": "notify.authorization.default_policy",
 }
 
 
@@ -129,12 +140,35 @@ class Settings:
         return float(get("PRESENCE_SECONDS"))
 
     @property
+    def MAX_STREAM_SECONDS(self) -> float | None:
+        value = get("MAX_STREAM_SECONDS")
+        return None if value is None else float(value)
+
+    @property
+    def MAX_STREAMS_PER_USER(self) -> int | None:
+        value = get("MAX_STREAMS_PER_USER")
+        return None if value is None else int(value)
+
+    @property
+    def MAX_STREAMS_PER_IP(self) -> int | None:
+        value = get("MAX_STREAMS_PER_IP")
+        return None if value is None else int(value)
+
+    @property
     def PUBLISH_TOKENS(self) -> list[str]:
         return [str(token) for token in get("PUBLISH_TOKENS") or []]
 
     @property
-    def AUTHORIZE(self) -> str | None:
-        return get("AUTHORIZE") or None
+    def CORS_ALLOWED_ORIGINS(self) -> list[str]:
+        return [str(origin) for origin in get("CORS_ALLOWED_ORIGINS") or []]
+
+    @property
+    def CORS_ALLOW_CREDENTIALS(self) -> bool:
+        return bool(get("CORS_ALLOW_CREDENTIALS"))
+
+    @property
+    def AUTHORIZE(self) -> str:
+        return get("AUTHORIZE") or DEFAULTS["AUTHORIZE"]
 
 
 notify_settings = Settings()

@@ -20,7 +20,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
-from notify.broker import Broker, Notice, Resync, decode_notice, get_broker
+from notify.broker import Broker, Notice, Resync, Revocation, decode_notice, get_broker
 from notify.conf import notify_settings
 from notify.db import db_call
 from notify.history import events_after, id_bounds
@@ -54,11 +54,14 @@ class Subscriber:
         "replaying",
         "sending",
         "task",
+        "user_id",
         "waiter",
     )
 
-    def __init__(self, channels: tuple[str, ...], now: float) -> None:
+    def __init__(self, channels: tuple[str, ...], now: float, user_id: str | None = None) -> None:
         self.channels = channels
+        # The pk of the stream's user, by which ``notify.revoke`` finds it (None: nobody's).
+        self.user_id = user_id
         self.frames: deque[Notice] = deque()
         self.waiter: asyncio.Future[None] | None = None
         # While replaying from the database, an overflowing buffer is emptied (``lost``) and
@@ -160,6 +163,7 @@ class Hub:
         self.loop = asyncio.get_running_loop()
         self.by_channel: dict[str, set[Subscriber]] = {}
         self.subscribers: set[Subscriber] = set()
+        self.by_user: dict[str, set[Subscriber]] = {}
         # The highest id delivered; None until the starting position is read.
         self.last_id: int | None = None
         self.pending: dict[int, Notice] = {}
@@ -179,16 +183,19 @@ class Hub:
 
     # -- streams ---------------------------------------------------------------------------
 
-    async def subscribe(self, channels: Iterable[str]) -> Subscriber:
-        """Register for live events. Call before querying for the replay."""
+    async def subscribe(self, channels: Iterable[str], user_id: str | None = None) -> Subscriber:
+        """Register for live events. Call before querying for the replay. ``user_id`` (the
+        pk of the stream's user) lets ``revoke`` close the stream."""
         try:
             await asyncio.wait_for(asyncio.shield(self.ready), READY_TIMEOUT)
         except TimeoutError as exc:
             raise HubUnavailable("the database could not be read") from exc
-        subscriber = Subscriber(tuple(channels), self.loop.time())
+        subscriber = Subscriber(tuple(channels), self.loop.time(), user_id)
         for channel in subscriber.channels:
             self.by_channel.setdefault(channel, set()).add(subscriber)
         self.subscribers.add(subscriber)
+        if user_id is not None:
+            self.by_user.setdefault(user_id, set()).add(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -200,6 +207,19 @@ class Hub:
                 streams.discard(subscriber)
                 if not streams:
                     del self.by_channel[channel]
+        if subscriber.user_id is not None:
+            streams = self.by_user.get(subscriber.user_id)
+            if streams is not None:
+                streams.discard(subscriber)
+                if not streams:
+                    del self.by_user[subscriber.user_id]
+
+    def revoke(self, user_id: str) -> None:
+        """Close this hub's streams of the user ``user_id`` (reason ``"revoked"``); their
+        clients reconnect and are authorized again. ``notify.revoke`` reaches every hub of
+        every process through the broker."""
+        for subscriber in list(self.by_user.get(user_id, ())):
+            subscriber.close("revoked")
 
     def close(self) -> None:
         """Stop the hub (settings changed); its streams end and their clients reconnect."""
@@ -321,6 +341,9 @@ class Hub:
                 # Subscribed (again): what was published before is read from the database.
                 await asyncio.shield(self.ready)
                 await self.fill()
+                continue
+            if isinstance(item, Revocation):
+                self.revoke(item.user_id)
                 continue
             try:
                 notice = decode_notice(item)

@@ -80,15 +80,35 @@ def parse_stream_request(
 
 
 class EventStream:
-    def __init__(self, subscriber: Subscriber, cursor: str | None) -> None:
+    def __init__(
+        self, subscriber: Subscriber, cursor: str | None, lifetime: float | None = None
+    ) -> None:
         self.subscriber = subscriber
         self.cursor = cursor
+        #: Seconds after which the stream ends (its client then resumes); None: never.
+        self.lifetime = lifetime
         # The id the client has everything up to, for the stream's channels.
         self.position = 0
         self.replayed = 0
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The stream after its first bytes (``retry:``), until the stream is closed."""
+        """The stream after its first bytes (``retry:``), until the stream is closed or its
+        lifetime is over. Ending closes the subscriber: what it buffered and did not send
+        is read again from the database by the client's next stream."""
+        if self.lifetime is None:
+            async for chunk in self._body():
+                yield chunk
+            return
+        timer = asyncio.get_running_loop().call_later(
+            self.lifetime, self.subscriber.close, "lifetime"
+        )
+        try:
+            async for chunk in self._body():
+                yield chunk
+        finally:
+            timer.cancel()
+
+    async def _body(self) -> AsyncIterator[bytes]:
         oldest, newest = await db_call(id_bounds)
         newest = newest or 0
         cursor = None if self.cursor is None else parse_cursor(self.cursor)

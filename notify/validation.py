@@ -60,7 +60,16 @@ def _validate_name(value: Any, what: str, bad: re.Pattern[str], chars: str, limi
 
 
 def validate_channel(channel: Any) -> str:
-    return _validate_name(channel, "channel", _CHANNEL_BAD, CHANNEL_CHARS, MAX_CHANNEL_LENGTH)
+    channel = _validate_name(channel, "channel", _CHANNEL_BAD, CHANNEL_CHARS, MAX_CHANNEL_LENGTH)
+    # Projects build paths, URLs and keys from channel names: a "." or ".." segment would
+    # let "../x" stand for another name there.
+    if any(segment in (".", "..") for segment in channel.split("/")):
+        raise ValidationError(
+            f'channel "{channel}" has a "." or ".." segment between slashes; '
+            "name channels without them",
+            code="dot_segment",
+        )
+    return channel
 
 
 def validate_event_type(event: Any) -> str:

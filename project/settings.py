@@ -1,19 +1,42 @@
 """Settings of the notify demo project.
 
-With no environment it runs on SQLite and notify's embedded broker. ``DATABASE_URL``
-(e.g. postgres://postgres@127.0.0.1:5432/notify) and ``REDIS_URL`` (redis://127.0.0.1:6379/0)
-switch to PostgreSQL and Redis.
+With no environment it runs on SQLite and notify's embedded broker, in DEBUG mode with a
+development secret key. ``DATABASE_URL`` (e.g. postgres://postgres@127.0.0.1:5432/notify)
+and ``REDIS_URL`` (redis://127.0.0.1:6379/0) switch to PostgreSQL and Redis.
+
+``DJANGO_DEBUG=0`` turns DEBUG off; the project then refuses to start unless
+``DJANGO_SECRET_KEY`` holds a key of its own (see SECURITY.md), and sends its cookies over
+HTTPS only. ``NOTIFY_PUBLISH_TOKENS`` (whitespace-separated) sets the publish API's tokens.
 """
 
 import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "notify-demo-insecure-key")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+_DEVELOPMENT_SECRET_KEY = "notify-demo-insecure-key"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+_debug = os.environ.get("DJANGO_DEBUG", "1").strip().lower()
+if _debug not in _TRUE + _FALSE:
+    raise ImproperlyConfigured(
+        f"DJANGO_DEBUG={_debug!r} is neither on nor off; set it to 1 (development) or 0."
+    )
+DEBUG = _debug in _TRUE
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY and DEBUG:
+    SECRET_KEY = _DEVELOPMENT_SECRET_KEY
+elif SECRET_KEY in ("", _DEVELOPMENT_SECRET_KEY):
+    raise ImproperlyConfigured(
+        "DEBUG is off and DJANGO_SECRET_KEY is "
+        + ("unset" if not SECRET_KEY else "the development key")
+        + ": set DJANGO_SECRET_KEY to a secret of your own, e.g. the output of "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
 
 INSTALLED_APPS = [
@@ -76,7 +99,11 @@ DATABASES = {
 NOTIFY = {
     # None runs the embedded broker: fine for one server process.
     "REDIS_URL": os.environ.get("REDIS_URL") or None,
+    "PUBLISH_TOKENS": os.environ.get("NOTIFY_PUBLISH_TOKENS", "").split(),
 }
+
+# Without DEBUG the demo is meant to be served over HTTPS (see SECURITY.md).
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEBUG
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -40,6 +40,14 @@ NOTIFY = {
     # Pruning after publish is switched off so that tests which back-date events decide
     # when they go; tests/test_retention.py switches it on.
     "RETENTION": {"max_age": None, "max_events": None},
+    # The tests use channels of any name, which the default policy refuses (it opens only
+    # broadcast, public:*, user:<pk>, group:<name> and staff:*): everything is readable
+    # here, and tests/test_authorization.py tests the default policy.
+    "AUTHORIZE": "notify.authorization.allow_all",
+    # Every test client connects from 127.0.0.1, and a stopped server's counts stay in Redis
+    # for a few seconds: no stream limits here; tests/test_limits.py sets its own.
+    "MAX_STREAMS_PER_USER": None,
+    "MAX_STREAMS_PER_IP": None,
     **json.loads(os.environ.get("NOTIFY_TEST_SETTINGS", "{}")),
 }
 # ---------------------------------------------------------------------------------------

@@ -297,3 +297,92 @@ def test_manage_py_check_fails_on_errors(settings):
     assert "no issues" in out.getvalue()
     with with_notify(settings, RETRY_MS=0), pytest.raises(SystemCheckError, match=r"notify\.E002"):
         call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def test_cors_origins_pass(settings):
+    origins = ["https://app.example.com", "http://127.0.0.1:8001", "http://[::1]:3000"]
+    with with_notify(settings, CORS_ALLOWED_ORIGINS=origins):
+        assert check_settings() == []
+    with with_notify(settings, CORS_ALLOWED_ORIGINS=["*"], CORS_ALLOW_CREDENTIALS=False):
+        assert check_settings() == []
+
+
+def test_e011_any_origin_with_credentials(settings):
+    with with_notify(settings, CORS_ALLOWED_ORIGINS=["*"]):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E011"]
+        assert isinstance(messages[0], Error)
+        assert "CORS_ALLOW_CREDENTIALS" in messages[0].msg
+        assert "notify.E011" in ids(notify_messages())
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "app.example.com",
+        "https://app.example.com/",
+        "https://app.example.com/path",
+        "https://app.example.com?x=1",
+        "https://App.Example.com",
+        "ftp://example.com",
+        "https://user@example.com",
+        "https://example.com:99999",
+        "https://",
+        "null",
+        "https://caf\u00e9.example",
+    ],
+)
+def test_e012_malformed_origin(settings, origin):
+    with with_notify(settings, CORS_ALLOWED_ORIGINS=["https://ok.example", origin]):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E012"]
+        assert repr(origin) in messages[0].msg
+
+
+@pytest.mark.parametrize("value", ["https://app.example.com", None, [1]])
+def test_e012_origins_not_a_list_of_strings(settings, value):
+    with with_notify(settings, CORS_ALLOWED_ORIGINS=value):
+        assert ids(check_settings()) == ["notify.E012"]
+
+
+@pytest.mark.parametrize("key", ["MAX_STREAMS_PER_USER", "MAX_STREAMS_PER_IP"])
+@pytest.mark.parametrize("value", [0, -1, 2.5, "20", True])
+def test_e013_stream_limit_not_a_positive_integer_or_none(settings, key, value):
+    with with_notify(settings, **{key: value}):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E013"]
+        assert messages[0].msg == (
+            f'NOTIFY["{key}"] must be a positive integer or None, not {value!r}.'
+        )
+        assert ids(notify_messages()) == ["notify.E013"]
+
+
+@pytest.mark.parametrize("key", ["MAX_STREAMS_PER_USER", "MAX_STREAMS_PER_IP"])
+def test_stream_limits_may_be_none(settings, key):
+    with with_notify(settings, **{key: None}):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize("value", [0, -5, float("inf"), float("nan"), "3600", True])
+def test_e014_max_stream_seconds_not_a_positive_number_or_none(settings, value):
+    with with_notify(settings, MAX_STREAM_SECONDS=value):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E014"]
+        assert messages[0].msg == (
+            f'NOTIFY["MAX_STREAM_SECONDS"] must be a positive number or None, not {value!r}.'
+        )
+
+
+@pytest.mark.parametrize("value", [None, 15, 600.5])
+def test_max_stream_seconds_accepted(settings, value):
+    with with_notify(settings, MAX_STREAM_SECONDS=value):
+        assert check_settings() == []
+
+
+def test_w004_max_stream_seconds_below_the_heartbeat(settings):
+    with with_notify(settings, MAX_STREAM_SECONDS=10, HEARTBEAT_SECONDS=15):
+        messages = check_settings()
+        assert ids(messages) == ["notify.W004"]
+        assert isinstance(messages[0], Warning)
+        assert "shorter than" in messages[0].msg
+        assert ids(notify_messages()) == ["notify.W004"]

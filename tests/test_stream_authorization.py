@@ -134,4 +134,4 @@ def test_the_open_policy_looks_nobody_up(monkeypatch):
 
     monkeypatch.setattr(asgi, "session_user", fail)
     scope = {"headers": [(b"cookie", b"sessionid=abc")]}
-    assert async_to_sync(asgi._refused_channels)(scope, ["staff"]) == []
+    assert async_to_sync(asgi._check_access)(scope, ["staff"]).refused == []

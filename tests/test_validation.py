@@ -38,15 +38,22 @@ def error_of(call, *args):
         "Orders_2026.eu-west@shop/inbox",
         "x" * 200,
         "0",
-        # "." and "/" are in the charset, so path-like names are plain channel names.
-        "../x",
         "/",
-        "..",
+        "a..b/c.d/...",
         "a:b@c/d-e_f.g",
     ],
 )
 def test_valid_channels(channel):
     assert validate_channel(channel) == channel
+
+
+@pytest.mark.parametrize("channel", ["..", ".", "../x", "a/../b", "a/.", "./a", "x/.."])
+def test_channels_with_dot_segments(channel):
+    code, message = error_of(validate_channel, channel)
+    assert code == "dot_segment"
+    assert message == (
+        f'channel "{channel}" has a "." or ".." segment between slashes; name channels without them'
+    )
 
 
 def test_empty_channel():

@@ -6,7 +6,15 @@ import threading
 
 from django.utils.module_loading import import_string
 
-from notify.broker.base import RESYNC, Broker, Notice, Resync, decode_notice, encode_notice
+from notify.broker.base import (
+    RESYNC,
+    Broker,
+    Notice,
+    Resync,
+    Revocation,
+    decode_notice,
+    encode_notice,
+)
 from notify.conf import notify_settings
 
 __all__ = [
@@ -14,6 +22,7 @@ __all__ = [
     "Broker",
     "Notice",
     "Resync",
+    "Revocation",
     "decode_notice",
     "encode_notice",
     "get_broker",

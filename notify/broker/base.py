@@ -8,8 +8,11 @@ line, built once by the publisher. Each server process holds ONE subscription (s
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final, NamedTuple
+
+logger = logging.getLogger("notify.broker")
 
 
 class Resync:
@@ -21,6 +24,13 @@ class Resync:
 
 
 RESYNC: Final = Resync()
+
+
+class Revocation(NamedTuple):
+    """Yielded by ``Broker.subscribe`` when ``notify.revoke`` was called in any process: every
+    hub closes the streams of the user whose pk is ``user_id``."""
+
+    user_id: str
 
 
 class Notice(NamedTuple):
@@ -63,9 +73,18 @@ class Broker(abc.ABC):
             self.publish(notice)
 
     @abc.abstractmethod
-    def subscribe(self) -> AsyncIterator[bytes | Resync]:
-        """Notices as they arrive; ``RESYNC`` first and after every reconnect. Runs until
-        cancelled, reconnecting by itself."""
+    def subscribe(self) -> AsyncIterator[bytes | Resync | Revocation]:
+        """Notices as they arrive; ``RESYNC`` first and after every reconnect; a
+        ``Revocation`` for each ``revoke`` of any process. Runs until cancelled,
+        reconnecting by itself."""
+
+    def revoke(self, user_id: str) -> None:
+        """Tell every subscribed process to close the streams of the user ``user_id``. Called
+        from any thread; never raises. A broker that cannot carry revocations logs it."""
+        logger.warning(
+            "notify: %s cannot revoke streams; the user's open streams stay open",
+            type(self).__name__,
+        )
 
     async def report_presence(  # noqa: B027 (optional: a broker that cannot count ignores it)
         self, key: str, counts: Mapping[str, int], ttl: float
@@ -78,6 +97,21 @@ class Broker(abc.ABC):
         """Open streams per channel over every process that reports, or None when this
         broker cannot tell."""
         return None
+
+    async def change_stream_owners(
+        self, key: str, name: str, change: int, ttl: float, count: bool = True
+    ) -> int | None:
+        """Add ``change`` to the streams the process ``key`` holds for the owner ``name``
+        (``user:<pk>`` or ``ip:<address>``, see ``notify.limits``), keeping the record for
+        ``ttl`` seconds; then, if ``count``, return the owner's streams over every process.
+        None when this broker does not share counts (each process then counts its own)."""
+        return None
+
+    async def report_stream_owners(  # noqa: B027 (optional, like report_presence)
+        self, key: str, counts: Mapping[str, int], ttl: float
+    ) -> None:
+        """Replace the record of the process ``key`` with ``counts`` (owner -> open streams)
+        for ``ttl`` seconds. Called every ``PRESENCE_SECONDS``."""
 
     async def aclose(self) -> None:  # noqa: B027 (optional hook: most brokers hold nothing)
         """Release connections held by ``subscribe``'s event loop."""

@@ -8,7 +8,9 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
-from notify.broker.base import RESYNC, Broker, Resync
+from notify.broker.base import RESYNC, Broker, Resync, Revocation
+
+Item = bytes | Resync | Revocation
 
 # Notices waiting for the hub; beyond this the hub re-reads from the database instead.
 QUEUE_SIZE = 10_000
@@ -19,7 +21,7 @@ class LocalBroker(Broker):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queues: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[bytes | Resync]]] = []
+        self._queues: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Item]]] = []
         # Presence of this process's hubs (one per event loop): key -> (counts, expires at).
         self._presence: dict[str, tuple[dict[str, int], float]] = {}
 
@@ -37,16 +39,24 @@ class LocalBroker(Broker):
         return {channel: sum(counts.get(channel, 0) for counts in reports) for channel in channels}
 
     def publish(self, notice: bytes) -> None:
+        self._send(notice)
+
+    def revoke(self, user_id: str) -> None:
+        """Revocations reach this process's hubs only: ``revoke`` called in another process
+        (a shell, a worker) does not reach the server's streams without Redis."""
+        self._send(Revocation(user_id))
+
+    def _send(self, item: Item) -> None:
         with self._lock:
             targets = list(self._queues)
         for loop, queue in targets:
             try:
-                loop.call_soon_threadsafe(_offer, queue, notice)
+                loop.call_soon_threadsafe(_offer, queue, item)
             except RuntimeError:  # that loop is closed
                 pass
 
-    async def subscribe(self) -> AsyncIterator[bytes | Resync]:
-        entry = (asyncio.get_running_loop(), asyncio.Queue[bytes | Resync](QUEUE_SIZE))
+    async def subscribe(self) -> AsyncIterator[Item]:
+        entry = (asyncio.get_running_loop(), asyncio.Queue[Item](QUEUE_SIZE))
         with self._lock:
             self._queues.append(entry)
         try:
@@ -58,9 +68,9 @@ class LocalBroker(Broker):
                 self._queues.remove(entry)
 
 
-def _offer(queue: asyncio.Queue[bytes | Resync], notice: bytes) -> None:
+def _offer(queue: asyncio.Queue[Item], item: Item) -> None:
     try:
-        queue.put_nowait(notice)
+        queue.put_nowait(item)
     except asyncio.QueueFull:
         # The hub is far behind: drop what waits and let it read the database instead.
         while not queue.empty():

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from notify.broker.base import RESYNC, Broker, Resync
+from notify.broker.base import RESYNC, Broker, Resync, Revocation
 
 logger = logging.getLogger("notify.broker")
 
@@ -27,11 +27,14 @@ class RedisBroker(Broker):
     def __init__(self, url: str, prefix: str = "notify", health_check_seconds: float = 15.0):
         self.url = url
         self.channel = f"{prefix}:events"
+        # Revocations travel apart from events, on the same subscription.
+        self.control_channel = f"{prefix}:control"
         self.health_check_seconds = health_check_seconds
         self._connected = False
         self._client: redis.Redis | None = None
         self._client_lock = threading.Lock()
         self.presence_prefix = f"{prefix}:presence:"
+        self.owners_prefix = f"{prefix}:streams:"
         # One connection per event loop for presence reports (a hub lives on one loop).
         self._presence_clients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, aioredis.Redis
@@ -60,6 +63,12 @@ class RedisBroker(Broker):
             # The event is committed; subscribers read it from the database when they
             # reconnect, or when the next notice shows them the gap.
             logger.warning("notify: could not publish to Redis at %s: %s", self.url, exc)
+
+    def revoke(self, user_id: str) -> None:
+        try:
+            self._publisher().publish(self.control_channel, user_id.encode())
+        except redis.RedisError as exc:
+            logger.warning("notify: could not send a revocation to Redis at %s: %s", self.url, exc)
 
     def publish_many(self, notices: list[bytes]) -> None:
         # One round trip for a whole batch (send_event --stdin, "Publish again").
@@ -99,6 +108,35 @@ class RedisBroker(Broker):
             return None
         return totals
 
+    async def change_stream_owners(
+        self, key: str, name: str, change: int, ttl: float, count: bool = True
+    ) -> int | None:
+        client = self._presence_client()
+        async with asyncio.timeout(ttl):
+            async with client.pipeline(transaction=True) as pipeline:
+                pipeline.hincrby(f"{self.owners_prefix}{key}", name, change)
+                pipeline.pexpire(f"{self.owners_prefix}{key}", int(ttl * 1000))
+                await pipeline.execute()
+            if not count:
+                return None
+            # One hash per server process, as for presence.
+            names = [n async for n in client.scan_iter(match=f"{self.owners_prefix}*", count=1000)]
+            async with client.pipeline(transaction=False) as pipeline:
+                for hash_name in names:
+                    pipeline.hget(hash_name, name)
+                values = await pipeline.execute()
+        return sum(int(value or 0) for value in values)
+
+    async def report_stream_owners(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
+        name = f"{self.owners_prefix}{key}"
+        client = self._presence_client()
+        async with asyncio.timeout(ttl), client.pipeline(transaction=True) as pipeline:
+            pipeline.delete(name)
+            if counts:
+                pipeline.hset(name, mapping=dict(counts))  # type: ignore[arg-type]
+                pipeline.pexpire(name, int(ttl * 1000))
+            await pipeline.execute()
+
     def _presence_client(self) -> aioredis.Redis:
         loop = asyncio.get_running_loop()
         client = self._presence_clients.get(loop)
@@ -108,7 +146,8 @@ class RedisBroker(Broker):
             )
         return client
 
-    async def subscribe(self) -> AsyncIterator[bytes | Resync]:
+    async def subscribe(self) -> AsyncIterator[bytes | Resync | Revocation]:
+        control = self.control_channel.encode()
         delay = _FIRST_DELAY
         while True:
             client = aioredis.Redis.from_url(
@@ -123,13 +162,17 @@ class RedisBroker(Broker):
             )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(self.channel, self.control_channel)
                 self._connected = True
                 delay = _FIRST_DELAY
                 yield RESYNC
                 while True:
                     message = await pubsub.get_message(timeout=self.health_check_seconds)
-                    if message is not None and message["type"] == "message":
+                    if message is None or message["type"] != "message":
+                        continue
+                    if message["channel"] == control:
+                        yield Revocation(message["data"].decode())
+                    else:
                         yield message["data"]
             except _RETRY_ERRORS as exc:
                 if self._connected:

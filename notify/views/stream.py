@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from notify import authorization, sse
+from notify import authorization, cors, limits, sse
 from notify.conf import notify_settings
 from notify.db import db_call
 from notify.hub import Hub, HubUnavailable, Subscriber, get_hub
@@ -27,6 +27,10 @@ _warned = False
 @csrf_exempt
 async def stream(request: HttpRequest) -> HttpResponse:
     _warn_unwrapped()
+    origin = request.headers.get("Origin")
+    preflight = cors.preflight_headers(origin) if request.method == "OPTIONS" else None
+    if preflight is not None:
+        return HttpResponse(status=204, headers=dict(preflight))
     if request.method != "GET":
         response = HttpResponse(
             "Streams are read with GET.\n", status=405, content_type="text/plain"
@@ -40,13 +44,13 @@ async def stream(request: HttpRequest) -> HttpResponse:
         )
     except ValidationError as exc:
         return HttpResponse(exc.messages[0] + "\n", status=400, content_type="text/plain")
-    refused = await _refused_channels(request, stream_request.channels)
-    if refused:
-        reason = authorization.describe_refusal(refused)
+    access = await _check_access(request, stream_request.channels)
+    if access.refused:
+        reason = authorization.describe_refusal(access.refused)
         return HttpResponse(reason + "\n", status=403, content_type="text/plain")
     hub = get_hub()
     try:
-        subscriber = await hub.subscribe(stream_request.channels)
+        subscriber = await hub.subscribe(stream_request.channels, access.user_id)
     except HubUnavailable as exc:
         response = HttpResponse(
             f"Streams are unavailable: {exc}.\n", status=503, content_type="text/plain"
@@ -57,7 +61,7 @@ async def stream(request: HttpRequest) -> HttpResponse:
     # that accept gzip, so make this request not accept it.
     request.META["HTTP_ACCEPT_ENCODING"] = ""
     response = StreamingHttpResponse(_body(hub, subscriber, stream_request.cursor))
-    for name, value in HEADERS:
+    for name, value in [*HEADERS, *cors.response_headers(origin)]:
         response[name] = value
     return response
 
@@ -66,14 +70,12 @@ async def stream(request: HttpRequest) -> HttpResponse:
 stream.notify_stream = True
 
 
-async def _refused_channels(request: HttpRequest, channels: Sequence[str]) -> list[str]:
+async def _check_access(request: HttpRequest, channels: Sequence[str]) -> authorization.Access:
     if authorization.is_open():
-        return []
+        return authorization.Access([], None)
     # request.user is lazy: its session and user are read in this thread-pool call, with the
     # policy's own queries, and the connection is closed before streaming starts.
-    return await db_call(
-        lambda: authorization.refused(authorization.request_user(request), channels)
-    )
+    return await db_call(lambda: authorization.check(authorization.request_user(request), channels))
 
 
 async def _body(hub: Hub, subscriber: Subscriber, cursor: str | None) -> AsyncIterator[bytes]:
@@ -83,7 +85,7 @@ async def _body(hub: Hub, subscriber: Subscriber, cursor: str | None) -> AsyncIt
     # application with NotifyASGIHandler.
     try:
         yield sse.retry_frame(notify_settings.RETRY_MS)
-        async for chunk in EventStream(subscriber, cursor).body():
+        async for chunk in EventStream(subscriber, cursor, limits.stream_lifetime()).body():
             yield chunk
     finally:
         hub.unsubscribe(subscriber)

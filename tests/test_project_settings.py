@@ -1,0 +1,66 @@
+"""The demo project's settings (project/settings.py), loaded in real subprocesses: they run in
+DEBUG with a development key by default, and refuse to start without DEBUG unless given a
+secret key of their own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+SHOW = (
+    "import django; django.setup(); from django.conf import settings as s; "
+    "print(s.DEBUG, s.SECRET_KEY, s.SESSION_COOKIE_SECURE, s.NOTIFY['PUBLISH_TOKENS'])"
+)
+A_KEY = "k" * 50
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "NOTIFY_")) and key != "DATABASE_URL"
+    }
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**base, "DJANGO_SETTINGS_MODULE": "project.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_development_defaults():
+    result = run("-c", SHOW)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "notify-demo-insecure-key", "False", "[]"]
+
+
+@pytest.mark.parametrize("key", [None, "", "notify-demo-insecure-key"])
+def test_refuses_to_start_without_debug_and_a_secret_key(key):
+    env = {"DJANGO_DEBUG": "0"}
+    if key is not None:
+        env["DJANGO_SECRET_KEY"] = key
+    result = run("manage.py", "check", **env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: DEBUG is off and DJANGO_SECRET_KEY is" in result.stderr
+    assert "set DJANGO_SECRET_KEY to a secret of your own" in result.stderr
+
+
+def test_starts_without_debug_given_a_secret_key():
+    result = run("-c", SHOW, DJANGO_DEBUG="0", DJANGO_SECRET_KEY=A_KEY, NOTIFY_PUBLISH_TOKENS="a b")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", A_KEY, "True", "['a',", "'b']"]
+    check = run("manage.py", "check", DJANGO_DEBUG="false", DJANGO_SECRET_KEY=A_KEY)
+    assert check.returncode == 0, check.stderr
+
+
+def test_a_debug_value_that_is_neither_on_nor_off_is_refused():
+    result = run("-c", SHOW, DJANGO_DEBUG="maybe")
+    assert result.returncode != 0
+    assert "DJANGO_DEBUG='maybe' is neither on nor off" in result.stderr
