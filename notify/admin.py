@@ -19,6 +19,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
+from notify import authorization
 from notify.api import prepare, publish_many
 from notify.forms import PublishEventForm, recent_values
 from notify.models import Event
@@ -70,9 +71,11 @@ class EventAdmin(admin.ModelAdmin):
         response = super().changelist_view(request, extra_context)
         context = getattr(response, "context_data", None)
         if context is not None and "cl" in context:
-            # One broker read per page, for the channels the page shows (not the whole table).
-            channels = sorted({event.channel for event in context["cl"].result_list})
-            counts = stream_counts(channels)
+            # One broker read per page, for the channels the page shows (not the whole table)
+            # that this user may read: a count tells who is listening on a channel.
+            shown = sorted({event.channel for event in context["cl"].result_list})
+            refused = set(authorization.refused(request.user, shown))
+            counts = stream_counts([channel for channel in shown if channel not in refused])
             context["stream_counts"] = None if counts is None else sorted(counts.items())
         return response
 

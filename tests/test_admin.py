@@ -473,6 +473,22 @@ def test_change_list_shows_the_open_streams_of_its_channels(start_server):
         )
 
 
+def test_change_list_counts_only_channels_the_user_may_read(start_server, settings):
+    settings.NOTIFY = {**settings.NOTIFY, "AUTHORIZE": "notify.authorization.default_policy"}
+    server = start_server(PRESENCE_SECONDS=0.2)
+    client = staff("view_event")
+    notify.publish("broadcast", 1)
+    notify.publish("user:999999", 2)
+    with SSEClient(f"{server.url}/notify/stream/?channel=broadcast") as stream:
+        assert stream.next().event == "notify.open"
+        deadline = time.monotonic() + 5
+        while (line := stream_count_line(client.get(changelist_url()))) != (
+            "Open streams now, for the channels on this page: broadcast 1"
+        ):
+            assert time.monotonic() < deadline, line
+            time.sleep(0.1)
+
+
 @pytest.mark.django_db
 def test_change_list_without_a_reachable_broker_shows_no_counts(settings):
     notify.publish("news", 1)
