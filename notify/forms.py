@@ -22,6 +22,7 @@ from notify.validation import (
     MAX_CHANNEL_LENGTH,
     MAX_DEPTH,
     MAX_EVENT_LENGTH,
+    refuse_json_constant,
     validate_channel,
     validate_event_type,
 )
@@ -63,18 +64,13 @@ class SuggestingTextInput(forms.TextInput):
         return format_html('{}<datalist id="{}">{}</datalist>', field, list_id, options)
 
 
-def _refuse_constant(name: str) -> Any:
-    # json.loads accepts NaN and Infinity, which are not JSON.
-    raise ValueError(f"{name} is not a JSON value")
-
-
 def parse_json(text: str) -> Any:
     """The JSON in ``text``; empty text is null. Raises ``ValidationError`` saying what is
     wrong."""
     if not text:
         return None
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=refuse_json_constant)
     except ValueError as exc:  # a JSONDecodeError, a refused constant, too many digits
         raise ValidationError(f"Data is not valid JSON: {exc}", code="invalid_json") from exc
     except RecursionError as exc:

@@ -107,6 +107,20 @@ def _find_unstorable(value: Any) -> str | None:
     return None
 
 
+class NotAJSONConstant(ValueError):
+    """``json.loads`` met NaN, Infinity or -Infinity: Python reads them, JSON has no such
+    values."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} is not a JSON value")
+        self.name = name
+
+
+def refuse_json_constant(name: str) -> Any:
+    """A ``parse_constant`` for ``json.loads`` that raises ``NotAJSONConstant``."""
+    raise NotAJSONConstant(name)
+
+
 def _parse_float(text: str) -> float | int:
     # PostgreSQL's jsonb keeps numbers as numeric and prints them without an exponent:
     # 1e+16 comes back as 10000000000000000 and -0.0 as 0.0. Normalise floats the same way

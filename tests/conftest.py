@@ -242,6 +242,22 @@ class Server:
         self.log.close()
 
 
+def manage(
+    *args: str, redis: str | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``manage.py ARGS`` run to its end in a real process, on the test database and
+    ``redis`` (None: the embedded broker), with ``input`` on its standard input."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        cwd=ROOT,
+        env=server_env(redis),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def server_env(redis: str | None, **notify: Any) -> dict[str, str]:
     """Environment for a server process: the test database, Redis and NOTIFY overrides."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_TEST_")}

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from playwright.sync_api import Page, Request, expect
 import notify
 from notify.api import prepare, publish_many
 from notify.models import Event
-from tests.conftest import ROOT, Server, StartServer, server_env
+from tests.conftest import ROOT, Server, StartServer, manage
 
 DASHBOARD = "/notify/"
 # What the page shows for a value it does not have (an en dash).
@@ -263,14 +261,7 @@ def test_catch_up_after_disconnect_and_reconnect(
 
 
 def send_event(redis_url: str, channel: str, data: str) -> int:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "send_event", channel, data],
-        cwd=ROOT,
-        env=server_env(redis_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = manage("send_event", channel, data, redis=redis_url)
     assert done.returncode == 0, done.stderr
     return int(done.stdout)
 

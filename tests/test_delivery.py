@@ -20,6 +20,7 @@ from tests.conftest import (
     RedisServer,
     Server,
     SSEClient,
+    manage,
     payload,
     server_env,
 )
@@ -188,14 +189,7 @@ def test_a_server_started_while_redis_is_down_streams_from_the_database(
 def test_embedded_broker_delivers_a_publish_from_another_process(start_server):
     server = start_server(redis=None, POLL_SECONDS=0.5)
     with open_stream(server, query="") as client:
-        result = subprocess.run(
-            [sys.executable, "manage.py", "send_event", "broadcast", '{"from": "cli"}'],
-            cwd=ROOT,
-            env={**server_env(None), "DJANGO_SETTINGS_MODULE": "tests.settings"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = manage("send_event", "broadcast", '{"from": "cli"}')
         committed = time.monotonic()
         assert result.returncode == 0, result.stderr
         event = client.next()

@@ -19,7 +19,7 @@ import notify
 from notify import sse
 from notify.api import prepare, publish_many
 from notify.models import Event
-from tests.conftest import ROOT, server_env
+from tests.conftest import ROOT, manage, server_env
 
 
 class Listen:
@@ -206,14 +206,7 @@ def test_stops_quietly_when_its_reader_goes_away(redis_url):
     ],
 )
 def test_bad_input_in_a_real_process(redis_url, args, status, reason):
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "listen", *args],
-        cwd=ROOT,
-        env=server_env(redis_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = manage("listen", *args, redis=redis_url)
     assert done.returncode == status
     assert done.stdout == ""
     assert reason in done.stderr

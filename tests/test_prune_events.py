@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -16,7 +15,7 @@ from django.utils import timezone
 
 from notify.management.commands.prune_events import duration
 from notify.models import Event
-from tests.conftest import ROOT, server_env
+from tests.conftest import manage
 
 
 def make_events(count: int, days_old: float = 0) -> list[int]:
@@ -193,14 +192,7 @@ def test_bad_values_are_command_errors(args, message):
 
 
 def run_prune(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "prune_events", *args],
-        cwd=ROOT,
-        env=server_env(None),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return manage("prune_events", *args)
 
 
 @pytest.mark.django_db(transaction=True)

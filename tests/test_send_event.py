@@ -2,7 +2,6 @@
 
 import io
 import subprocess
-import sys
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -12,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 
 from notify.broker import decode_notice
 from notify.models import Event
-from tests.conftest import ROOT, Listener, server_env
+from tests.conftest import Listener, manage
 
 
 def send_event(*args: str) -> tuple[Event, str]:
@@ -147,14 +146,7 @@ def test_missing_channel():
 
 
 def run_manage(*args: str, redis_url: str | None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "send_event", *args],
-        cwd=ROOT,
-        env=server_env(redis_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return manage("send_event", *args, redis=redis_url)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -355,15 +347,7 @@ def test_stdin_thousands_of_events_arrive_in_order(redis_url):
 
 
 def run_stdin(lines: bytes, *args: str, redis_url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "send_event", "--stdin", *args],
-        cwd=ROOT,
-        env=server_env(redis_url),
-        input=lines.decode(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return manage("send_event", "--stdin", *args, redis=redis_url, input=lines.decode())
 
 
 @pytest.mark.django_db(transaction=True)

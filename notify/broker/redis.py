@@ -81,16 +81,7 @@ class RedisBroker(Broker):
             logger.warning("notify: could not publish to Redis at %s: %s", self.url, exc)
 
     async def report_presence(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
-        name = f"{self.presence_prefix}{key}"
-        client = self._presence_client()
-        # asyncio.timeout rather than a socket timeout (see subscribe).
-        async with asyncio.timeout(ttl), client.pipeline(transaction=True) as pipeline:
-            pipeline.delete(name)
-            if counts:
-                # redis-py types the mapping's keys invariantly; str keys are fine.
-                pipeline.hset(name, mapping=dict(counts))  # type: ignore[arg-type]
-                pipeline.pexpire(name, int(ttl * 1000))
-            await pipeline.execute()
+        await self._replace_report(f"{self.presence_prefix}{key}", counts, ttl)
 
     def stream_counts(self, channels: Sequence[str]) -> dict[str, int] | None:
         totals = dict.fromkeys(channels, 0)
@@ -128,11 +119,17 @@ class RedisBroker(Broker):
         return sum(int(value or 0) for value in values)
 
     async def report_stream_owners(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
-        name = f"{self.owners_prefix}{key}"
+        await self._replace_report(f"{self.owners_prefix}{key}", counts, ttl)
+
+    async def _replace_report(self, name: str, counts: Mapping[str, int], ttl: float) -> None:
+        """Replace the hash ``name`` (one process's report) with ``counts``, expiring after
+        ``ttl`` seconds unless reported again; an empty report just deletes it."""
         client = self._presence_client()
+        # asyncio.timeout rather than a socket timeout (see subscribe).
         async with asyncio.timeout(ttl), client.pipeline(transaction=True) as pipeline:
             pipeline.delete(name)
             if counts:
+                # redis-py types the mapping's keys invariantly; str keys are fine.
                 pipeline.hset(name, mapping=dict(counts))  # type: ignore[arg-type]
                 pipeline.pexpire(name, int(ttl * 1000))
             await pipeline.execute()

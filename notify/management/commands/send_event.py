@@ -14,6 +14,7 @@ from django.db import DatabaseError
 
 from notify.api import Prepared, prepare, publish, publish_many
 from notify.management.arguments import positive_int
+from notify.validation import NotAJSONConstant, refuse_json_constant
 
 DEFAULT_BATCH_SIZE = 500
 LINE_KEYS = ("channel", "event", "data")
@@ -28,17 +29,12 @@ _JSON_TYPES = {
 }
 
 
-def _refuse_constant(name: str) -> Any:
-    # json.loads accepts NaN and Infinity, which are not JSON.
-    raise ValueError(name)
-
-
 def parse_data(raw: str | None) -> Any:
     """DATA as JSON when it is valid JSON, else the string itself."""
     if raw is None:
         return None
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        return json.loads(raw, parse_constant=refuse_json_constant)
     except ValueError:
         return raw
 
@@ -63,12 +59,13 @@ def parse_line(line: bytes, default_event: str) -> Prepared:
         ) from exc
     try:
         item = json.loads(
-            text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_repeated_keys
+            text, parse_constant=refuse_json_constant, object_pairs_hook=_refuse_repeated_keys
         )
     except json.JSONDecodeError as exc:
         raise ValidationError(f"not JSON ({exc.msg} at column {exc.colno})") from exc
-    except ValueError as exc:
-        raise ValidationError(f"not JSON: it contains {exc}, which JSON cannot represent") from exc
+    except ValueError as exc:  # a refused constant, or an integer of too many digits
+        what = exc.name if isinstance(exc, NotAJSONConstant) else exc
+        raise ValidationError(f"not JSON: it contains {what}, which JSON cannot represent") from exc
     if not isinstance(item, dict):
         raise ValidationError(
             f'expected a JSON object like {{"channel": "orders", "data": 1}}, '
