@@ -17,7 +17,7 @@ from django.db import DatabaseError
 
 from notify import sse
 from notify.hub import HubUnavailable, get_hub
-from notify.stream import EventStream, parse_stream_request
+from notify.stream import EventStream, parse_channels
 from notify.validation import parse_cursor
 
 
@@ -68,9 +68,7 @@ async def follow(
             finally:
                 hub.unsubscribe(subscriber)
     finally:
-        # asyncio.run cancels the hub's tasks as well, but only once, and on Python 3.11 a
-        # task cancelled just as redis-py's asyncio.wait_for completes misses the request:
-        # asyncio.run would then wait for it forever. Closing the hub first asks twice.
+        # Stop the hub's tasks here rather than leave them to asyncio.run's clean-up.
         hub.close()
 
 
@@ -97,9 +95,8 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print one JSON object a line")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        params = [("channel", channel) for channel in options["channels"]]
         try:
-            channels = parse_stream_request(params, None).channels
+            channels = parse_channels(options["channels"])
         except ValidationError as exc:
             raise CommandError(exc.messages[0]) from exc
         render = as_json if options["json"] else as_text
