@@ -455,8 +455,8 @@ class StreamContract:
         assert message_ids(got) == wanted
         assert [b.data["channel"] for b in got[1:-1]] == ["b", "a", "a", "b"]
         assert got[-1].data == {"count": 4, "last_id": wanted[-1]}
-        # Control events other than notify.open and notify.reset carry no id.
-        assert got[0].id is None and got[-1].id is None
+        # The catch-up's control events carry the id the client has everything through.
+        assert got[0].id == str(got[0].data["after"]) and got[-1].id == str(wanted[-1])
         assert all(b.id == str(b.data["id"]) for b in got[1:-1])
         assert (after.event, after.id) == ("message", str(live.id))
 
@@ -467,8 +467,8 @@ class StreamContract:
             live = notify.publish("a", "live")
             after = stream.next_event()
         assert [(b.event, b.id, b.data) for b in got] == [
-            ("notify.catchup-start", None, {"after": events[0].id}),
-            ("notify.catchup-end", None, {"count": 0, "last_id": events[0].id}),
+            ("notify.catchup-start", str(events[0].id), {"after": events[0].id}),
+            ("notify.catchup-end", str(events[0].id), {"count": 0, "last_id": events[0].id}),
         ]
         assert after.id == str(live.id)
 
@@ -529,7 +529,7 @@ class StreamContract:
         assert reset.id == str(oldest - 1)
         assert (got[1].event, got[1].id, got[1].data) == (
             "notify.catchup-start",
-            None,
+            str(oldest - 1),
             {"after": oldest - 1},
         )
         assert message_ids(got) == [events[4].id, events[5].id]

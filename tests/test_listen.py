@@ -124,10 +124,10 @@ def test_text_replays_after_the_cursor_then_goes_live(listen):
     )
     listener = listen("orders", "--last-event-id", str(before.id))
     assert listener.take(4) == [
-        f'-- notify.catchup-start {{"after": {before.id}}}',
+        f'-- notify.catchup-start #{before.id} {{"after": {before.id}}}',
         f'#{one.id} orders message {{"n": 1}}',
         f'#{two.id} orders x "café"',
-        f'-- notify.catchup-end {{"count": 2, "last_id": {two.id}}}',
+        f'-- notify.catchup-end #{two.id} {{"count": 2, "last_id": {two.id}}}',
     ]
     live = notify.publish("orders", [1, None])
     assert listener.line() == f"#{live.id} orders message [1, null]"

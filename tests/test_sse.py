@@ -78,10 +78,14 @@ def test_created_is_utc_with_microseconds(created, expected):
     assert f'"created": "{expected}"' in sse.envelope(1, "a", "message", created, "1")
 
 
-def test_control_frames_without_id():
-    assert sse.catchup_start_frame(17) == (b'event: notify.catchup-start\ndata: {"after": 17}\n\n')
+def test_catchup_frames_carry_the_id_the_client_has_everything_through():
+    # A client whose parser starts each connection with an empty ID buffer (as the WHATWG
+    # rules say) must not lose its cursor to the first event of a resumed stream.
+    assert sse.catchup_start_frame(17) == (
+        b'id: 17\nevent: notify.catchup-start\ndata: {"after": 17}\n\n'
+    )
     assert sse.catchup_end_frame(3, 20) == (
-        b'event: notify.catchup-end\ndata: {"count": 3, "last_id": 20}\n\n'
+        b'id: 20\nevent: notify.catchup-end\ndata: {"count": 3, "last_id": 20}\n\n'
     )
     assert b"id:" not in sse.control_frame("notify.something", {"x": 1})
 
@@ -105,7 +109,7 @@ def test_reset_frame_with_nothing_stored():
     )
 
 
-def test_only_open_and_reset_carry_an_id():
+def test_every_control_frame_carries_an_id():
     frames = {
         sse.OPEN: sse.open_frame(1),
         sse.RESET: sse.reset_frame("invalid-cursor", 1, 1),
@@ -115,8 +119,8 @@ def test_only_open_and_reset_carry_an_id():
     for name, frame in frames.items():
         assert name.startswith(sse.CONTROL_PREFIX)
         assert f"event: {name}\n".encode() in frame
-        assert frame.startswith(b"id: ") == (name in (sse.OPEN, sse.RESET))
-        assert frame.count(b"id: ") == (name in (sse.OPEN, sse.RESET))
+        assert frame.startswith(b"id: 1\n")
+        assert frame.count(b"id: ") == 1
 
 
 def test_retry_frame():
@@ -187,9 +191,9 @@ def test_parse_frames_reads_back_what_a_stream_sends():
     )
     assert sse.parse_frames(chunk) == [
         sse.Frame(41, sse.OPEN, '{"last_id": 41}'),
-        sse.Frame(None, sse.CATCHUP_START, '{"after": 41}'),
+        sse.Frame(41, sse.CATCHUP_START, '{"after": 41}'),
         sse.Frame(42, "message", line),
-        sse.Frame(None, sse.CATCHUP_END, '{"count": 1, "last_id": 42}'),
+        sse.Frame(42, sse.CATCHUP_END, '{"count": 1, "last_id": 42}'),
         sse.Frame(49, sse.RESET, '{"oldest_id": 50, "reason": "history-gone"}'),
     ]
 

@@ -104,7 +104,7 @@ def test_a_stream_cut_anywhere_reads_back_exactly(events, cuts):
         raw, value = frame(event_id, channel, event, data)
         stream += raw + sse.HEARTBEAT
         expected.append((event, str(event_id), value))
-    # notify.catchup-end carries no id: the last id read stays that of the last event.
+    # notify.catchup-end carries the id it reports.
     stream += sse.catchup_end_frame(len(events), len(events))
     expected.append(
         (sse.CATCHUP_END, str(len(events)), {"count": len(events), "last_id": len(events)})
