@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint migrate clean chromium
+.PHONY: run test lint migrate clean chromium soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ chromium:
 
 test: $(VENV)/.dev-deps chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The soak harness (tests/soak): SOAK_SECONDS of publishing under faults, then the verdict.
+# It creates, and drops, a database of its own on the PostgreSQL server of DATABASE_URL.
+SOAK_SECONDS ?= 60
+soak: $(VENV)/.dev-deps
+	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres} \
+		$(BIN)/python -m tests.soak --duration $(SOAK_SECONDS) $(SOAK_ARGS)
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .

@@ -33,12 +33,12 @@ from django.http import HttpRequest
 from django.http.cookie import parse_cookie
 from django.urls import Resolver404, resolve
 
-from notify import authorization, cors, limits, sse
+from notify import authorization, cors, limits, shutdown
 from notify.backpressure import flow_control
 from notify.conf import notify_settings
 from notify.db import db_call
 from notify.hub import HubUnavailable, get_hub
-from notify.stream import HEADERS, EventStream, parse_stream_request
+from notify.stream import HEADERS, EventStream, first_frame, parse_stream_request
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -100,6 +100,10 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
     except ValidationError as exc:
         await _plain_response(send, 400, exc.messages[0])
         return
+    shutdown.watch()
+    if shutdown.draining():
+        await _reconnect_elsewhere(send, origin, request.cursor)
+        return
     access = await _check_access(scope, request.channels)
     if access.refused:
         await _plain_response(send, 403, authorization.describe_refusal(access.refused))
@@ -134,7 +138,7 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
     try:
         headers = _RESPONSE_HEADERS + _encode(cors.response_headers(origin))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await _write(send, sse.retry_frame(notify_settings.RETRY_MS))
+        await _write(send, first_frame(notify_settings.RETRY_MS, request.cursor))
         lifetime = limits.stream_lifetime()
         async for chunk in EventStream(subscriber, request.cursor, lifetime).body():
             await _write(send, chunk)
@@ -143,18 +147,32 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
         if flow is None or not flow.detach():
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
-        if subscriber.closed != "too-slow":
+        if subscriber.closed not in ("too-slow", "shutdown"):
             raise
-        # The hub cancelled a write the client was not reading: end this response only.
+        # The hub cancelled a write the client was not reading (too slow, or still blocked
+        # when a shutdown's drain ran out of time): end this response only.
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
+        if subscriber.closed == "shutdown":
+            _abort_connection(send)
     finally:
         if flow is not None:
             flow.detach()
         hub.unsubscribe(subscriber)
         counter.release(owner)
         watcher.cancel()
+
+
+async def _reconnect_elsewhere(send: Send, origin: str | None, cursor: str | None) -> None:
+    """The answer to a stream opened while the process shuts down: a stream of its first
+    frame alone (``retry:``, and ``id:`` so that the client keeps its cursor). Any status
+    other than 200 would make EventSource give up for good; this one makes it reconnect,
+    to another process."""
+    headers = _RESPONSE_HEADERS + _encode(cors.response_headers(origin))
+    body = first_frame(shutdown.reconnect_delay(), cursor)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _check_access(scope: Scope, channels: Sequence[str]) -> authorization.Access:
@@ -194,6 +212,20 @@ def _cookie_header(scope: Scope) -> str:
 
 async def _write(send: Send, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+def _abort_connection(send: Send) -> None:
+    """Drop a connection with what the server still holds for it, under a server whose
+    ``send`` is a method of an object with an asyncio transport (uvicorn's request cycle).
+
+    For a client that stopped reading, at shutdown: uvicorn would close the connection
+    gracefully, which waits for its write buffer to reach the client, that is for ever, and
+    it waits for every connection to close before it exits. The client loses nothing: it
+    resumes from the id of the last event it received whole. daphne needs none of this (it
+    drops its connections as it stops); other servers are left as they are."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
 
 
 async def _until_disconnect(receive: Receive) -> None:

@@ -25,6 +25,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BUFFER": 1000,
     # How often the embedded broker (or a process whose Redis is down) looks for new ids.
     "POLL_SECONDS": 0.5,
+    # How often a process whose Redis subscription is up still looks for new ids, for an
+    # event whose notice was lost (its publisher could not reach Redis).
+    "RECONCILE_SECONDS": 5.0,
     # Rows per replay query.
     "REPLAY_BATCH": 500,
     # How long a process waits for a missing id to arrive before asking the database.
@@ -113,6 +116,10 @@ class Settings:
     @property
     def REPLAY_BATCH(self) -> int:
         return int(get("REPLAY_BATCH"))
+
+    @property
+    def RECONCILE_SECONDS(self) -> float:
+        return float(get("RECONCILE_SECONDS"))
 
     @property
     def GAP_WAIT_SECONDS(self) -> float:

@@ -33,6 +33,8 @@ READY_TIMEOUT = 10.0
 MAX_PENDING = 1000
 # Notices handled between two chances for the streams to run.
 YIELD_EVERY = 64
+# How long the streams cancelled at the end of a drain get to unwind.
+CANCELLED_WAIT = 1.0
 
 
 class HubUnavailable(Exception):
@@ -173,6 +175,9 @@ class Hub:
         self._gap_task: asyncio.Task[None] | None = None
         # Names this hub's presence report (one per process and event loop).
         self.presence_key = uuid.uuid4().hex
+        # Set by ``drain()``: the process is shutting down, streams are ending.
+        self.draining = False
+        self._emptied = asyncio.Event()
         self._tasks = [
             self.loop.create_task(self._supervise(self._start), name="notify-hub-start"),
             self.loop.create_task(self._supervise(self._listen), name="notify-hub-listen"),
@@ -194,13 +199,19 @@ class Hub:
         for channel in subscriber.channels:
             self.by_channel.setdefault(channel, set()).add(subscriber)
         self.subscribers.add(subscriber)
+        self._emptied.clear()
         if user_id is not None:
             self.by_user.setdefault(user_id, set()).add(subscriber)
+        if self.draining:
+            # It passed the check for draining before the drain began: it ends at once.
+            subscriber.close("shutdown")
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         subscriber.close("unsubscribed")
         self.subscribers.discard(subscriber)
+        if not self.subscribers:
+            self._emptied.set()
         for channel in subscriber.channels:
             streams = self.by_channel.get(channel)
             if streams is not None:
@@ -220,6 +231,39 @@ class Hub:
         every process through the broker."""
         for subscriber in list(self.by_user.get(user_id, ())):
             subscriber.close("revoked")
+
+    async def drain(self, grace: float) -> None:
+        """End every stream, for a shutdown (see ``notify.shutdown``). Open streams are
+        closed with the reason ``"shutdown"`` (they end their response with a last
+        ``retry:``), and so are streams that subscribe from now on. Returns once none is
+        left, or after ``grace`` seconds: the streams still open then (their server blocked
+        in a write to a client that does not read) have their task cancelled."""
+        self.draining = True
+        for subscriber in list(self.subscribers):
+            subscriber.close("shutdown")
+        if await self._until_empty(grace):
+            return
+        logger.warning(
+            "notify: %d streams still open %s s into the shutdown (their clients do not "
+            "read); cancelling them",
+            len(self.subscribers),
+            grace,
+        )
+        for subscriber in list(self.subscribers):
+            if subscriber.task is not None:
+                subscriber.task.cancel()
+        await self._until_empty(CANCELLED_WAIT)
+
+    async def _until_empty(self, seconds: float) -> bool:
+        """Whether every stream unsubscribed within ``seconds``."""
+        if not self.subscribers:
+            return True
+        try:
+            async with asyncio.timeout(seconds):
+                await self._emptied.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def close(self) -> None:
         """Stop the hub (settings changed); its streams end and their clients reconnect."""
@@ -353,11 +397,22 @@ class Hub:
             self._on_notice(notice)
 
     async def _watch_database(self) -> None:
-        """Look for new ids when the broker cannot bring other processes' events."""
+        """Look for new ids when the broker cannot bring other processes' events, and now
+        and then when it can: a publisher that could not reach Redis (or skipped it, just
+        after a failure) leaves an event without a notice while this subscription is up,
+        and no later notice may come to reveal the gap."""
+        loop = self.loop
+        reconciled = loop.time()
         while True:
             await asyncio.sleep(notify_settings.POLL_SECONDS)
-            if self.last_id is not None and (self.broker.polls or not self.broker.connected):
+            if self.last_id is None:
+                continue
+            if self.broker.polls or not self.broker.connected:
                 await self.fill()
+                reconciled = loop.time()
+            elif loop.time() - reconciled >= notify_settings.RECONCILE_SECONDS:
+                await self.fill()
+                reconciled = loop.time()
 
     async def _report_presence(self) -> None:
         """Tell the broker how many streams this hub has per channel, now and then."""
@@ -394,6 +449,11 @@ def get_hub() -> Hub:
     if hub is None:
         hub = _hubs[loop] = Hub(get_broker())
     return hub
+
+
+def running_hub() -> Hub | None:
+    """The hub of the running event loop if it was started; None (and none started) if not."""
+    return _hubs.get(asyncio.get_running_loop())
 
 
 def reset_hubs() -> None:

@@ -58,9 +58,14 @@ def control_frame(event: str, data: dict[str, Any], event_id: int | None = None)
     return f"{id_line}event: {event}\ndata: {encode_json(data)}\n\n".encode("ascii")
 
 
-def retry_frame(milliseconds: int) -> bytes:
-    """The stream's first bytes: the reconnection delay (dispatches no event)."""
-    return f"retry: {milliseconds}\n\n".encode("ascii")
+def retry_frame(milliseconds: int, last_id: int | None = None) -> bytes:
+    """The stream's first bytes: the reconnection delay, and the client's cursor when it has
+    one (a block without data dispatches no event). The WHATWG parsing rules start each
+    connection's last-event-ID buffer empty and copy it to ``lastEventId`` at every blank
+    line, this one's included: without the ``id:``, a client that follows them to the letter
+    would forget its cursor here, and resume from nothing if cut before the next event."""
+    id_line = "" if last_id is None else f"id: {last_id}\n"
+    return f"retry: {milliseconds}\n{id_line}\n".encode("ascii")
 
 
 def open_frame(last_id: int) -> bytes:

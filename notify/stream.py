@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
 
-from notify import sse
+from notify import shutdown, sse
 from notify.conf import notify_settings
 from notify.db import db_call
 from notify.history import id_bounds, replay
@@ -79,6 +79,12 @@ def parse_stream_request(
     return StreamRequest(parse_channels(channels), cursor)
 
 
+def first_frame(retry_ms: int, cursor: str | None) -> bytes:
+    """A stream's first bytes: ``retry:``, with the request's cursor as ``id:`` when it is
+    a valid one (see ``sse.retry_frame``)."""
+    return sse.retry_frame(retry_ms, None if cursor is None else parse_cursor(cursor))
+
+
 class EventStream:
     def __init__(
         self, subscriber: Subscriber, cursor: str | None, lifetime: float | None = None
@@ -94,19 +100,22 @@ class EventStream:
     async def body(self) -> AsyncIterator[bytes]:
         """The stream after its first bytes (``retry:``), until the stream is closed or its
         lifetime is over. Ending closes the subscriber: what it buffered and did not send
-        is read again from the database by the client's next stream."""
-        if self.lifetime is None:
-            async for chunk in self._body():
-                yield chunk
-            return
-        timer = asyncio.get_running_loop().call_later(
-            self.lifetime, self.subscriber.close, "lifetime"
-        )
+        is read again from the database by the client's next stream. A stream closed for a
+        shutdown ends with a ``retry:`` of a random short delay (``notify.shutdown``)."""
+        timer = None
+        if self.lifetime is not None:
+            timer = asyncio.get_running_loop().call_later(
+                self.lifetime, self.subscriber.close, "lifetime"
+            )
         try:
             async for chunk in self._body():
                 yield chunk
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
+        if self.subscriber.closed == "shutdown":
+            # No id: needed, this connection has carried the client's cursor already.
+            yield sse.retry_frame(shutdown.reconnect_delay())
 
     async def _body(self) -> AsyncIterator[bytes]:
         oldest, newest = await db_call(id_bounds)

@@ -160,9 +160,12 @@ def test_streams_survive_a_redis_restart_and_get_what_was_published_meanwhile(
         assert client.next().id == str(before.id)
 
         private_redis.stop()
-        # Stored, but the broadcast fails: the server finds it in the database.
+        # Stored, but the broadcast fails: the server finds it in the database, polling
+        # every POLL_SECONDS (0.5) while its subscription is down.
         during = notify.publish("orders", {"n": "during"})
+        published = time.monotonic()
         assert client.next().id == str(during.id)
+        assert time.monotonic() - published < 2.0
         private_redis.start()
 
         time.sleep(1.5)  # the server's subscription reconnects (0.1 s doubling backoff)
@@ -197,3 +200,17 @@ def test_embedded_broker_delivers_a_publish_from_another_process(start_server):
         assert payload(event)["data"] == {"from": "cli"}
         # One poll interval, with room for a loaded machine.
         assert time.monotonic() - committed < 2.0
+
+
+def test_an_event_whose_notice_was_lost_reaches_streams_while_redis_is_up(start_server):
+    """A publisher that could not reach Redis while the server's subscription stayed up
+    leaves an event without a notice, and maybe no later notice to reveal the gap."""
+    server = start_server(RECONCILE_SECONDS=1.0)
+    with open_stream(server) as client:
+        sent = notify.publish("orders", {"n": "notice"})
+        assert client.next().id == str(sent.id)
+        # Stored without publish(): no notice at all.
+        silent = Event.objects.create(channel="orders", data={"n": "no notice"})
+        stored = time.monotonic()
+        assert client.next().id == str(silent.id)
+        assert time.monotonic() - stored < 3.0

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from notify import sse
+from notify.stream import first_frame
+from tests.sse_parser import SSEParser
 
 CREATED = datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC)
 
@@ -200,3 +202,15 @@ def test_parse_frames_reads_back_what_a_stream_sends():
 
 def test_parse_frames_of_a_heartbeat_alone():
     assert sse.parse_frames(sse.HEARTBEAT) == []
+
+
+def test_the_first_frame_carries_a_valid_cursor_as_its_id():
+    assert first_frame(3000, None) == b"retry: 3000\n\n"
+    assert first_frame(3000, "42") == b"retry: 3000\nid: 42\n\n"
+    # An invalid cursor is never echoed (it gets a notify.reset with the newest id).
+    assert first_frame(3000, "4\n2") == b"retry: 3000\n\n"
+    assert first_frame(3000, "-1") == b"retry: 3000\n\n"
+    # A parser that starts the connection with an empty ID buffer keeps the cursor.
+    parser = SSEParser(last_event_id="42")
+    assert parser.feed(first_frame(3000, "42")) == []
+    assert parser.last_event_id == "42"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 
@@ -21,6 +22,8 @@ _RETRY_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 # Reconnect delays after Redis goes away: 0.1 s doubling to 2 s.
 _FIRST_DELAY = 0.1
 _MAX_DELAY = 2.0
+# After a failed PUBLISH, publishing leaves Redis alone this long (see RedisBroker._send).
+_SKIP_AFTER_FAILURE = 1.0
 
 
 class RedisBroker(Broker):
@@ -31,6 +34,8 @@ class RedisBroker(Broker):
         self.control_channel = f"{prefix}:control"
         self.health_check_seconds = health_check_seconds
         self._connected = False
+        # Until then (time.monotonic()), publishing skips Redis: it failed moments ago.
+        self._skip_until = 0.0
         self._client: redis.Redis | None = None
         self._client_lock = threading.Lock()
         self.presence_prefix = f"{prefix}:presence:"
@@ -57,28 +62,40 @@ class RedisBroker(Broker):
             return self._client
 
     def publish(self, notice: bytes) -> None:
-        try:
-            self._publisher().publish(self.channel, notice)
-        except redis.RedisError as exc:
-            # The event is committed; subscribers read it from the database when they
-            # reconnect, or when the next notice shows them the gap.
-            logger.warning("notify: could not publish to Redis at %s: %s", self.url, exc)
+        self.publish_many([notice])
 
     def revoke(self, user_id: str) -> None:
-        try:
-            self._publisher().publish(self.control_channel, user_id.encode())
-        except redis.RedisError as exc:
-            logger.warning("notify: could not send a revocation to Redis at %s: %s", self.url, exc)
+        # Always tried: a revocation is rare, and one skipped would leave streams open.
+        self._send(self.control_channel, [user_id.encode()], "a revocation", skip=False)
 
     def publish_many(self, notices: list[bytes]) -> None:
-        # One round trip for a whole batch (send_event --stdin, "Publish again").
+        # The events are committed: when the notices cannot be sent, subscribers read the
+        # events from the database (they poll while their own subscription is down, and
+        # notice the gap or reconcile otherwise; see notify.hub).
+        self._send(self.channel, notices, "events")
+
+    def _send(self, channel: str, messages: list[bytes], what: str, skip: bool = True) -> None:
+        """PUBLISH ``messages`` in one round trip, unless Redis failed moments ago.
+
+        A failed attempt costs its retries (about 0.3 s when the connection is refused), and
+        every publish of the process would pay that while Redis is down: after a failure,
+        publishing skips Redis for ``_SKIP_AFTER_FAILURE`` seconds instead."""
+        if skip and time.monotonic() < self._skip_until:
+            return
         try:
             pipeline = self._publisher().pipeline(transaction=False)
-            for notice in notices:
-                pipeline.publish(self.channel, notice)
+            for message in messages:
+                pipeline.publish(channel, message)
             pipeline.execute()
         except redis.RedisError as exc:
-            logger.warning("notify: could not publish to Redis at %s: %s", self.url, exc)
+            self._skip_until = time.monotonic() + _SKIP_AFTER_FAILURE
+            logger.warning(
+                "notify: could not send %s to Redis at %s (%s); not trying again for %g s",
+                what,
+                self.url,
+                exc,
+                _SKIP_AFTER_FAILURE,
+            )
 
     async def report_presence(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
         await self._replace_report(f"{self.presence_prefix}{key}", counts, ttl)

@@ -10,13 +10,14 @@ from urllib.parse import parse_qsl
 
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from notify import authorization, cors, limits, sse
+from notify import authorization, cors, limits, shutdown
 from notify.conf import notify_settings
 from notify.db import db_call
 from notify.hub import Hub, HubUnavailable, Subscriber, get_hub
-from notify.stream import HEADERS, EventStream, parse_stream_request
+from notify.stream import HEADERS, EventStream, first_frame, parse_stream_request
 
 logger = logging.getLogger("notify.views")
 _warned = False
@@ -25,7 +26,7 @@ _warned = False
 # Exempt so that CsrfViewMiddleware does not answer other methods with 403 before the
 # view answers 405; the view changes nothing, whatever the method.
 @csrf_exempt
-async def stream(request: HttpRequest) -> HttpResponse:
+async def stream(request: HttpRequest) -> HttpResponseBase:
     _warn_unwrapped()
     origin = request.headers.get("Origin")
     preflight = cors.preflight_headers(origin) if request.method == "OPTIONS" else None
@@ -44,6 +45,13 @@ async def stream(request: HttpRequest) -> HttpResponse:
         )
     except ValidationError as exc:
         return HttpResponse(exc.messages[0] + "\n", status=400, content_type="text/plain")
+    shutdown.watch()
+    if shutdown.draining():
+        # A stream of its first frame alone (``retry:``, and ``id:`` so that the client
+        # keeps its cursor): any status other than 200 would make EventSource give up for
+        # good; this makes it reconnect, to another process.
+        body = first_frame(shutdown.reconnect_delay(), stream_request.cursor)
+        return _stream_headers(HttpResponse(body), origin)
     access = await _check_access(request, stream_request.channels)
     if access.refused:
         reason = authorization.describe_refusal(access.refused)
@@ -60,14 +68,19 @@ async def stream(request: HttpRequest) -> HttpResponse:
     # GZipMiddleware would buffer and compress the stream: it only compresses for clients
     # that accept gzip, so make this request not accept it.
     request.META["HTTP_ACCEPT_ENCODING"] = ""
-    response = StreamingHttpResponse(_body(hub, subscriber, stream_request.cursor))
-    for name, value in [*HEADERS, *cors.response_headers(origin)]:
-        response[name] = value
-    return response
+    return _stream_headers(
+        StreamingHttpResponse(_body(hub, subscriber, stream_request.cursor)), origin
+    )
 
 
 # Marks the view for notify.asgi.is_stream_path, which serves its URL before Django.
 stream.notify_stream = True
+
+
+def _stream_headers(response: HttpResponseBase, origin: str | None) -> HttpResponseBase:
+    for name, value in [*HEADERS, *cors.response_headers(origin)]:
+        response[name] = value
+    return response
 
 
 async def _check_access(request: HttpRequest, channels: Sequence[str]) -> authorization.Access:
@@ -84,7 +97,7 @@ async def _body(hub: Hub, subscriber: Subscriber, cursor: str | None) -> AsyncIt
     # and daphne buffers what it is sent without limit: another reason to wrap the ASGI
     # application with NotifyASGIHandler.
     try:
-        yield sse.retry_frame(notify_settings.RETRY_MS)
+        yield first_frame(notify_settings.RETRY_MS, cursor)
         async for chunk in EventStream(subscriber, cursor, limits.stream_lifetime()).body():
             yield chunk
     finally:

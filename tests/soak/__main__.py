@@ -1,0 +1,280 @@
+"""``python -m tests.soak [--duration 60] [--clients 200] ...``: see ``tests.soak``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tests.processes import RedisServer
+from tests.soak.check import judge
+from tests.soak.client import Client, Stats
+from tests.soak.cluster import Cluster, Database
+
+CHANNELS = [f"soak-{n}" for n in range(8)]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of publishing")
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=30.0, help="events/s per publisher")
+    parser.add_argument("--burst-size", type=int, default=5000)
+    parser.add_argument(
+        "--stall", type=float, default=30.0, help="seconds one client stops reading"
+    )
+    parser.add_argument("--redis-down", type=float, default=5.0, help="seconds Redis is killed")
+    parser.add_argument(
+        "--mean-lifetime", type=float, default=5.0, help="mean seconds before a client drops"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=90.0, help="seconds allowed to catch up at the end"
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL") or None,
+        help="a PostgreSQL server to create the soak's database on (default: $DATABASE_URL; "
+        "none: a SQLite file)",
+    )
+    parser.add_argument("--seed", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Faults:
+    done: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    database = Database(args.database_url)
+    redis = RedisServer()
+    # Short reconnection times and heartbeats, so that a short run sees many of both.
+    cluster = Cluster(database, redis, {"RETRY_MS": 1000, "HEARTBEAT_SECONDS": 5})
+    print(
+        f"soak: seed {seed}, {args.duration:g} s, {args.clients} clients, database "
+        f"{'PostgreSQL' if database.url else 'SQLite'}",
+        flush=True,
+    )
+    try:
+        database.create()
+        redis.start()
+        cluster.migrate()
+        cluster.configure_django()
+        cluster.servers = [cluster.start_server(), cluster.start_server()]
+        ports = " and ".join(str(server.port) for server in cluster.servers)
+        print(f"soak: servers 1 and 2 on ports {ports}", flush=True)
+        return asyncio.run(soak(args, cluster, random.Random(seed)))
+    finally:
+        cluster.stop()
+        redis.stop()
+        database.drop()
+
+
+async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -> int:
+    loop = asyncio.get_running_loop()
+    stats = Stats()
+    servers = [("127.0.0.1", server.port) for server in cluster.servers]
+    clients = [
+        Client(
+            n,
+            servers,
+            rng.sample(CHANNELS, rng.randint(1, 3)),
+            random.Random(rng.random()),
+            stats,
+            args.mean_lifetime,
+        )
+        for n in range(args.clients - 1)
+    ]
+    # The client that stops reading listens to every channel: its buffers fill fastest.
+    staller = Client(
+        args.clients - 1,
+        servers,
+        CHANNELS,
+        random.Random(rng.random()),
+        stats,
+        args.mean_lifetime,
+    )
+    staller.stalls = True
+    clients.append(staller)
+    tasks = [loop.create_task(client.run()) for client in clients]
+    deadline = time.monotonic() + 30
+    while not all(client.received.first_cursor is not None for client in clients):
+        if time.monotonic() > deadline:
+            print("soak: some clients could not open a stream", flush=True)
+            return 2
+        await asyncio.sleep(0.1)
+
+    duration = args.duration
+    started = loop.time()
+    staller.stall = (started + 0.1 * duration, min(args.stall, 0.6 * duration))
+    publishers = [
+        cluster.start_publisher(
+            seed, args.rate, duration, [duration * (0.2 + 0.3 * seed)], args.burst_size, CHANNELS
+        )
+        for seed in range(3)
+    ]
+    faults = Faults()
+    fault_task = loop.create_task(run_faults(args, cluster, faults, started))
+    progress = loop.create_task(report_progress(stats, faults, started))
+
+    outputs = await asyncio.gather(*(asyncio.to_thread(p.communicate) for p in publishers))
+    await fault_task
+    failed = [p.args[4] for p in publishers if p.returncode != 0]
+    if failed:
+        print(f"soak: publishers {failed} failed: see their logs", flush=True)
+    published = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs if out.strip()]
+
+    stored = await asyncio.to_thread(stored_events)
+    newest: dict[str, int] = {}
+    for event_id, channel in stored.items():
+        newest[channel] = max(newest.get(channel, 0), event_id)
+    for client in clients:
+        client.churn = False
+        client.target = max((newest.get(c, 0) for c in client.received.channels), default=0)
+        client.check_done()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(*(client.done.wait() for client in clients)), args.settle
+        )
+    behind = [client for client in clients if not client.done.is_set()]
+    progress.cancel()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+    verdict = judge((client.received for client in clients), stored)
+    elapsed = loop.time() - started
+    committed = sum(p["committed"] for p in published)
+    rolled_back = sum(p["rolled_back"] for p in published)
+    print(
+        f"soak: {elapsed:.1f} s; {len(stored)} events stored ({committed} committed by the "
+        f"publishers, {rolled_back} rolled back); {stats.connections} connections, "
+        f"statuses {dict(sorted(stats.statuses.items()))}, {stats.refused} refused",
+        flush=True,
+    )
+    print(f"soak: faults: {'; '.join(faults.done)}", flush=True)
+    print(f"soak: the stalled client's connection: {staller.stalled_connection_ended}", flush=True)
+    for line in staller.trace:
+        print(f"soak:   {line}", flush=True)
+    problems = list(faults.errors)
+    if behind:
+        problems.append(f"{len(behind)} clients had not caught up after {args.settle:g} s")
+        for client in behind[:5]:
+            problems.append(
+                f"client {client.number} ({sorted(client.received.channels)}) at "
+                f"{client.position} of {client.target}: {client.state}"
+            )
+    if stats.resets:
+        problems.append(f"{len(stats.resets)} notify.reset: {stats.resets[:3]}")
+    if failed:
+        problems.append(f"publishers {failed} failed")
+    if tracebacks := cluster.tracebacks():
+        problems.append(f"tracebacks in server logs: {tracebacks}")
+    for kind, examples in verdict.examples.items():
+        print(f"soak: {kind}: {'; '.join(examples)}", flush=True)
+    if not verdict.clean:
+        # The connections of the first client with a problem, to see where it went wrong.
+        number = int(next(iter(verdict.examples.values()))[0].split()[1].rstrip(":"))
+        print(f"soak: client {number}'s last connections:", flush=True)
+        for line in clients[number].trace:
+            print(f"soak:   {line}", flush=True)
+    for problem in problems:
+        print(f"soak: problem: {problem}", flush=True)
+    print(verdict.line(), flush=True)
+    return 0 if verdict.clean and not problems else 1
+
+
+def stored_events() -> dict[int, str]:
+    from django.db import connection
+
+    from notify.models import Event
+
+    try:
+        return dict(Event.objects.values_list("id", "channel"))
+    finally:
+        connection.close()
+
+
+async def run_faults(
+    args: argparse.Namespace, cluster: Cluster, faults: Faults, started: float
+) -> None:
+    """The fault schedule, as fractions of the run's duration."""
+    loop = asyncio.get_running_loop()
+    redis = cluster.redis
+
+    def redis_restart() -> str:
+        redis.restart()
+        return "Redis restarted"
+
+    def redis_kill() -> str:
+        assert redis.process is not None
+        redis.process.kill()
+        redis.process.wait()
+        redis.process = None
+        time.sleep(args.redis_down)
+        redis.start()
+        return f"Redis killed for {args.redis_down:g} s"
+
+    def server_kill() -> str:
+        cluster.servers[0].process.kill()
+        cluster.servers[0].process.wait()
+        took = cluster.restart(0)
+        return f"server 1 killed (SIGKILL), back in {took:.1f} s"
+
+    def server_term() -> str:
+        process = cluster.servers[1].process
+        process.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            faults.errors.append("server 2 did not exit within 30 s of SIGTERM")
+        exited = time.monotonic() - stopping
+        took = cluster.restart(1)
+        return f"server 2 stopped (SIGTERM, exited in {exited:.1f} s), back in {took:.1f} s"
+
+    schedule: list[tuple[float, Callable[[], str]]] = [
+        (0.15, redis_restart),
+        (0.30, redis_kill),
+        (0.50, server_kill),
+        (0.70, server_term),
+    ]
+    for fraction, fault in schedule:
+        await asyncio.sleep(max(0.0, started + fraction * args.duration - loop.time()))
+        try:
+            faults.done.append(await asyncio.to_thread(fault))
+        except Exception as exc:  # reported: the run fails
+            faults.errors.append(f"{fault.__name__}: {exc!r}")
+
+
+async def report_progress(stats: Stats, faults: Faults, started: float) -> None:
+    loop = asyncio.get_running_loop()
+    last, last_time = stats.deliveries, loop.time()
+    while True:
+        await asyncio.sleep(5.0)
+        now = loop.time()
+        rate = (stats.deliveries - last) / (now - last_time)
+        last, last_time = stats.deliveries, now
+        print(
+            f"soak: {now - started:6.1f} s  {rate:8.0f} deliveries/s  "
+            f"{stats.open_streams:4d} open streams  {len(faults.done)} faults so far",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
