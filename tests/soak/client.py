@@ -201,8 +201,11 @@ class Client:
         self.stall = None
         # Stop reading: the socket's buffers fill and the server must cope without us.
         reader._transport.pause_reading()  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        self.trace.append(f"{loop.time():.2f} stopped reading for {seconds:g} s")
         await asyncio.sleep(seconds)
         reader._transport.resume_reading()  # type: ignore[attr-defined]
+        self.trace.append(f"{loop.time():.2f} reading again")
         self.stalled_connection_ended = "stalled"
 
     def _feed(self, parser: SSEParser, data: bytes) -> None:
