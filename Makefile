@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint migrate clean chromium soak
+.PHONY: run test lint migrate clean chromium soak bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,22 @@ SOAK_SECONDS ?= 60
 soak: $(VENV)/.dev-deps
 	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres} \
 		$(BIN)/python -m tests.soak --duration $(SOAK_SECONDS) $(SOAK_ARGS)
+
+# The benchmarks (bench/, docs/benchmarks.md) run in an environment of their own, so that
+# django-eventstream, the peer they measure, never becomes a dependency of the project.
+BENCH_VENV := .bench-venv
+BENCH_BIN := $(BENCH_VENV)/bin
+
+$(BENCH_BIN)/python:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/python -m pip install --quiet --upgrade pip
+
+$(BENCH_VENV)/.bench-deps: pyproject.toml bench/requirements.txt | $(BENCH_BIN)/python
+	$(BENCH_BIN)/pip install --quiet -e ".[postgres,demo,dev]" -r bench/requirements.txt
+	touch $@
+
+bench: $(BENCH_VENV)/.bench-deps
+	$(BENCH_BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from django.db.models import Max, Min
+from django.db.models import Max, Min, Subquery
 
 from notify.broker import Notice
 from notify.models import Event
@@ -26,6 +26,33 @@ def replay(channels: Sequence[str], after: int, limit: int) -> list[Notice]:
     """Up to ``limit`` events of ``channels`` with id > ``after``, in id order."""
     query = Event.objects.filter(channel__in=channels, id__gt=after).order_by("id")
     return _notices(query[:limit])
+
+
+class Start(NamedTuple):
+    """What a stream resuming from a cursor reads first."""
+
+    oldest: int | None
+    newest: int | None
+    #: The first batch of its replay: up to ``limit`` events after the cursor.
+    rows: list[Notice]
+
+
+def start(channels: Sequence[str], after: int, limit: int) -> Start:
+    """The stored id bounds and the first replay batch after ``after``, in one query when
+    there is anything to replay (a reconnect storm is then one query per client); a second
+    query reads the bounds when there is not. Both come from one snapshot of the table."""
+    oldest = Event.objects.order_by("id").values("id")[:1]
+    newest = Event.objects.order_by("-id").values("id")[:1]
+    query = (
+        Event.objects.filter(channel__in=channels, id__gt=after)
+        .order_by("id")
+        .annotate(notify_oldest=Subquery(oldest), notify_newest=Subquery(newest))
+    )
+    rows = list(query[:limit])
+    if not rows:
+        return Start(*id_bounds(), [])
+    first = rows[0]
+    return Start(first.notify_oldest, first.notify_newest, _notices(rows))
 
 
 def events_after(after: int, limit: int, until: int | None = None) -> list[Notice]:

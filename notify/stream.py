@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
 
-from notify import shutdown, sse
+from notify import history, shutdown, sse
+from notify.broker import Notice
 from notify.conf import notify_settings
 from notify.db import db_call
 from notify.history import id_bounds, replay
@@ -118,9 +119,19 @@ class EventStream:
             yield sse.retry_frame(shutdown.reconnect_delay())
 
     async def _body(self) -> AsyncIterator[bytes]:
-        oldest, newest = await db_call(id_bounds)
-        newest = newest or 0
+        subscriber = self.subscriber
+        batch = notify_settings.REPLAY_BATCH
         cursor = None if self.cursor is None else parse_cursor(self.cursor)
+        first: list[Notice] = []
+        if cursor is None:
+            oldest, newest = await db_call(id_bounds)
+        else:
+            # Live events that overflow from now on are in this read, or the next one.
+            subscriber.lost = False
+            # One thread-pool call (and, with CONN_MAX_AGE=0, one connection): the bounds
+            # and the first batch of the replay together.
+            oldest, newest, first = await db_call(history.start, subscriber.channels, cursor, batch)
+        newest = newest or 0
         if self.cursor is None:
             self.position = newest
             yield sse.open_frame(newest)
@@ -130,15 +141,21 @@ class EventStream:
             yield sse.reset_frame(reason, oldest, newest)
         else:
             if oldest is not None and cursor + 1 < oldest:
-                # Retention deleted events after the cursor; replay what is left.
+                # Retention deleted events after the cursor; replay what is left (the first
+                # batch holds ids above the cursor: those are above oldest - 1 as well).
                 cursor = oldest - 1
                 yield sse.reset_frame("history-gone", oldest, cursor)
             self.position = cursor
             yield sse.catchup_start_frame(cursor)
-            async for chunk in self._from_database():
-                yield chunk
+            if first:
+                self.position = first[-1].id
+                self.replayed += len(first)
+                yield b"".join(notice.frame for notice in first)
+            if len(first) == batch or subscriber.lost:
+                async for chunk in self._from_database():
+                    yield chunk
             yield sse.catchup_end_frame(self.replayed, self.position)
-        if self.subscriber.lost:
+        if subscriber.lost:
             # Live events overflowed the buffer before the stream went live.
             async for chunk in self._from_database():
                 yield chunk

@@ -1,0 +1,293 @@
+"""``python -m bench.report [RESULTS.json]``: docs/benchmarks.md's tables and charts from a
+``bench.run`` results file (default: bench/results/latest.json).
+
+The measured part of docs/benchmarks.md lies between the ``BEGIN RESULTS`` and ``END
+RESULTS`` markers and is replaced; the prose around it is written by hand. The charts go to
+docs/benchmarks/*.png and the results file is copied to docs/benchmarks/results.json, so
+that every figure in the document can be traced to the run that measured it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT
+
+DOC = ROOT / "docs" / "benchmarks.md"
+FIGURES = ROOT / "docs" / "benchmarks"
+BEGIN, END = "<!-- BEGIN RESULTS -->", "<!-- END RESULTS -->"
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def failures(runs: list[dict[str, Any]]) -> str:
+    failed = [r for r in runs if "error" in r]
+    return "".join(f"\n\n{r['target']} failed: `{r['error']}`" for r in failed)
+
+
+def measured(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in runs if "error" not in r]
+
+
+def idle_section(runs: list[dict[str, Any]]) -> str:
+    rows = [
+        (
+            r["target"],
+            r["streams"],
+            r["open"],
+            r["rss_per_stream_kib"],
+            r["threads_added"],
+            r["db_connections_added"],
+            r["open_seconds"],
+        )
+        for r in measured(runs)
+    ]
+    header = ["target", "streams asked", "open", "RSS/stream (KiB)", "+threads", "+DB conns"]
+    return table([*header, "time to open (s)"], rows) + failures(runs)
+
+
+def latency_section(runs: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in measured(runs):
+        lat = r.get("latency_ms") or {}
+        spread = r.get("spread_ms") or {}
+        rows.append(
+            (
+                r["target"],
+                f"{r['clients']:,} @ {r['rate']:g}/s",
+                r["open"],
+                lat.get("p50"),
+                lat.get("p99"),
+                spread.get("p99"),
+                r["cpu_us_per_delivery"],
+                f"{r['deliveries']:,} / {r['deliveries_expected']:,}",
+                "yes" if r["all_delivered"] else "NO",
+            )
+        )
+    header = ["target", "clients @ rate", "open", "p50 ms", "p99 ms", "spread p99 ms"]
+    return table([*header, "CPU µs/delivery", "delivered", "all?"], rows) + failures(runs)
+
+
+def accept_section(runs: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in runs:
+        for attempt in r["runs"]:
+            connect = attempt.get("connect_ms") or {}
+            rows.append(
+                (
+                    r["target"],
+                    attempt["backlog"],
+                    f"{attempt['opened']:,} / {r['clients']:,}",
+                    attempt["open_seconds"],
+                    connect.get("p99"),
+                )
+            )
+    return table(["target", "listen backlog", "opened", "all open after (s)", "p99 ms"], rows)
+
+
+def replay_section(runs: list[dict[str, Any]]) -> str:
+    rows = [
+        (
+            r["server"],
+            r["events_behind"],
+            (r["best"] or {}).get("events_per_second"),
+            (r["best"] or {}).get("server_cpu_us_per_event"),
+            "yes" if r["target_met"] else "no",
+        )
+        for r in runs
+    ]
+    return table(
+        ["server", "events behind", "events/s (best)", "server µs/event", "≥ 20k/s?"], rows
+    )
+
+
+def storm_section(runs: list[dict[str, Any]]) -> str:
+    rows = [
+        (
+            r["server"],
+            f"{r['caught_up']:,} / {r['clients']:,}",
+            r["events_behind"],
+            r["all_caught_up_seconds"],
+            r["caught_up_p50_seconds"],
+            r["queries_per_reconnect"],
+            r["connections_per_reconnect"],
+            r["server_cpu_ms_per_reconnect"],
+        )
+        for r in runs
+    ]
+    header = ["server", "caught up", "behind", "all caught up (s)", "p50 (s)", "queries/reconnect"]
+    return table([*header, "DB connections/reconnect", "server CPU ms/reconnect"], rows)
+
+
+def publish_section(runs: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in runs:
+        for phase in r["phases"]:
+            rows.append(
+                (
+                    f"{phase['processes']} process(es), one event per publish",
+                    phase["publishes_per_second"],
+                    "yes" if phase["ordering_intact"] else "NO",
+                )
+            )
+        bulk = r["bulk"]
+        rows.append(
+            (
+                f"send_event --stdin, {bulk['lines']:,} lines",
+                bulk["events_per_second"],
+                "ids consecutive" if bulk.get("ids_consecutive") else "NO",
+            )
+        )
+    return table(["how", "events/s", "ordering intact"], rows)
+
+
+def charts(results: dict[str, Any]) -> list[str]:
+    """Draw the charts; their Markdown image lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    images = []
+    scenarios = results["scenarios"]
+    if latency_runs := measured(scenarios.get("latency", [])):
+        groups = sorted({(r["clients"], r["rate"]) for r in latency_runs})
+        fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+        for ax, (clients, rate) in zip(axes[0], groups, strict=True):
+            runs = [r for r in latency_runs if (r["clients"], r["rate"]) == (clients, rate)]
+            names = [r["target"] for r in runs]
+            p50 = [(r.get("latency_ms") or {}).get("p50") or 0 for r in runs]
+            p99 = [(r.get("latency_ms") or {}).get("p99") or 0 for r in runs]
+            xs = range(len(names))
+            ax.bar([x - 0.2 for x in xs], p50, 0.4, label="p50")
+            ax.bar([x + 0.2 for x in xs], p99, 0.4, label="p99")
+            ax.set_xticks(list(xs), names, rotation=30, ha="right")
+            ax.set_ylabel("publish → client latency (ms)")
+            ax.set_title(f"{clients:,} clients, {rate:g} events/s")
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(FIGURES / "latency.png", dpi=100)
+        plt.close(fig)
+        images.append("![Fan-out latency](benchmarks/latency.png)")
+    if idle_runs := measured(scenarios.get("idle", [])):
+        sizes = sorted({r["streams"] for r in idle_runs})
+        fig, ax = plt.subplots(figsize=(8, 4))
+        names = sorted({r["target"] for r in idle_runs})
+        width = 0.8 / len(sizes)
+        for i, size in enumerate(sizes):
+            values = {
+                r["target"]: r["rss_per_stream_kib"] or 0 for r in idle_runs if r["streams"] == size
+            }
+            ax.bar(
+                [x + i * width for x in range(len(names))],
+                [values.get(name, 0) for name in names],
+                width,
+                label=f"{size:,} streams",
+            )
+        ax.set_xticks(
+            [x + width * (len(sizes) - 1) / 2 for x in range(len(names))],
+            names,
+            rotation=30,
+            ha="right",
+        )
+        ax.set_ylabel("RSS per open stream (KiB)")
+        ax.axhline(30, color="grey", linestyle="--", linewidth=1, label="target: 30 KB")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(FIGURES / "idle.png", dpi=100)
+        plt.close(fig)
+        images.append("![Idle cost per stream](benchmarks/idle.png)")
+    if accept_runs := scenarios.get("accept"):
+        fig, ax = plt.subplots(figsize=(8, 4))
+        names = [r["target"] for r in accept_runs]
+        backlogs = [str(a["backlog"]) for a in accept_runs[0]["runs"]]
+        width = 0.8 / len(backlogs)
+        for i, backlog in enumerate(backlogs):
+            seconds = [
+                next(a["open_seconds"] for a in r["runs"] if str(a["backlog"]) == backlog)
+                for r in accept_runs
+            ]
+            ax.bar(
+                [x + i * width for x in range(len(names))],
+                seconds,
+                width,
+                label=f"backlog {backlog}",
+            )
+        ax.set_xticks(
+            [x + width * (len(backlogs) - 1) / 2 for x in range(len(names))],
+            names,
+            rotation=30,
+            ha="right",
+        )
+        ax.set_ylabel(f"seconds to open {accept_runs[0]['clients']:,} connections at once")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(FIGURES / "accept.png", dpi=100)
+        plt.close(fig)
+        images.append("![Connection acceptance](benchmarks/accept.png)")
+    return images
+
+
+SECTIONS = {
+    "idle": ("Idle cost (items 1 and 6)", idle_section),
+    "latency": ("Fan-out latency (items 2 and 6)", latency_section),
+    "accept": ("Connection acceptance (item 3)", accept_section),
+    "replay": ("Replay: one client 10,000 events behind (item 4)", replay_section),
+    "storm": ("Reconnect storm (item 4)", storm_section),
+    "publish": ("Publish throughput, PostgreSQL, ordering on (item 5)", publish_section),
+}
+
+
+def render(results: dict[str, Any]) -> str:
+    kind = "quick sizes" if results["quick"] else "full sizes"
+    parts = [
+        BEGIN,
+        f"Run started {results['started']} ({kind}), "
+        f"Python {results['machine']['python']}, {results['machine']['cores']} cores; "
+        "raw figures in [benchmarks/results.json](benchmarks/results.json).",
+        "",
+        *charts(results),
+    ]
+    for name, (title, section) in SECTIONS.items():
+        if name in results["scenarios"]:
+            parts += ["", f"### {title}", "", section(results["scenarios"][name])]
+        elif name in results["errors"]:
+            parts += ["", f"### {title}", "", "Failed in this run: see the results file."]
+    parts += ["", END]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "bench" / "results" / "latest.json"
+    results = json.loads(source.read_text())
+    text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    DOC.write_text(head + render(results) + tail)
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, FIGURES / "results.json")
+    print(f"bench: wrote {DOC.relative_to(ROOT)} and {FIGURES.relative_to(ROOT)}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""``make bench`` (``python -m bench.run``): every scenario of the issue, in one run, so that
+the ratios between targets hold on a noisy machine. Results go to
+``bench/results/<UTC time>.json`` (and ``bench/results/latest.json``) after each scenario, so
+a failure keeps what was measured; then ``python -m bench.report`` draws docs/benchmarks.md.
+
+    python -m bench.run                 # everything, the issue's sizes (about 30 min)
+    python -m bench.run --quick         # small sizes, a few minutes: does it all run?
+    python -m bench.run --only latency --only idle
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from bench import accept, idle, latency, publish, replay, storm
+from bench.common import ROOT, ensure_database
+from bench.targets import all_targets, services
+
+RESULTS = ROOT / "bench" / "results"
+SERVERS = ("notify-daphne", "notify-uvicorn", "bare-daphne", "bare-uvicorn")
+PEER = "eventstream-daphne"
+
+
+def sizes(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {
+            "idle": [200],
+            "latency": [(200, 10.0, 5.0)],
+            "peer_latency": (50, 10.0, 5.0),
+            "accept": 300,
+            "replay": 2000,
+            "storm": (200, 100),
+            "publish": (500, 5000),
+        }
+    return {
+        "idle": [1000, 10_000],
+        # (clients, events/s, seconds)
+        "latency": [(1000, 10.0, 10.0), (10_000, 1.0, 10.0)],
+        "peer_latency": (80, 10.0, 10.0),
+        "accept": 1000,
+        "replay": 10_000,
+        "storm": (1000, 100),
+        "publish": (5000, 100_000),
+    }
+
+
+def attempt(target: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One measurement that may fail without failing its scenario (django-eventstream past
+    PostgreSQL's connection limit: its publisher cannot even connect)."""
+    try:
+        return run()
+    except Exception as exc:
+        return {"target": target, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def scenarios(quick: bool) -> dict[str, Callable[[], list[dict[str, Any]]]]:
+    size = sizes(quick)
+    targets = all_targets()
+    servers = [targets[name] for name in SERVERS]
+    peer = targets.get(PEER)
+
+    def idle_runs() -> list[dict[str, Any]]:
+        runs = [idle.run(t, n) for n in size["idle"] for t in servers]
+        if peer is not None:
+            # A thread and a database connection per stream: past PostgreSQL's
+            # max_connections it opens no more; one size shows it.
+            streams = size["idle"][0]
+            runs.append(attempt(PEER, lambda: idle.run(peer, streams, connect_timeout=20.0)))
+        return runs
+
+    def latency_runs() -> list[dict[str, Any]]:
+        runs = [latency.run(t, c, r, s) for c, r, s in size["latency"] for t in servers]
+        if peer is not None:
+            # Where django-eventstream can serve at all (a thread and a database connection
+            # per stream: below PostgreSQL's max_connections), side by side with notify...
+            small = size["peer_latency"]
+            runs.append(latency.run(targets["notify-daphne"], *small))
+            runs.append(attempt(PEER, lambda: latency.run(peer, *small, connect_timeout=20.0)))
+            # ... and at the issue's 1k, where it cannot.
+            big = size["latency"][0]
+            runs.append(attempt(PEER, lambda: latency.run(peer, *big, connect_timeout=20.0)))
+        return runs
+
+    def accept_runs() -> list[dict[str, Any]]:
+        return [accept.run(t, size["accept"]) for t in servers]
+
+    def replay_runs() -> list[dict[str, Any]]:
+        return [replay.run(size["replay"], server=server) for server in ("daphne", "uvicorn")]
+
+    def storm_runs() -> list[dict[str, Any]]:
+        clients, behind = size["storm"]
+        return [storm.run(clients, behind, server=server) for server in ("daphne", "uvicorn")]
+
+    def publish_runs() -> list[dict[str, Any]]:
+        count, bulk = size["publish"]
+        return [publish.run(count, bulk)]
+
+    return {
+        "idle": idle_runs,
+        "latency": latency_runs,
+        "accept": accept_runs,
+        "replay": replay_runs,
+        "storm": storm_runs,
+        "publish": publish_runs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check it runs")
+    parser.add_argument("--only", action="append", help="run only this scenario (repeatable)")
+    args = parser.parse_args()
+    ensure_database(services()["DATABASE_URL"])
+    chosen = scenarios(args.quick)
+    names = args.only or list(chosen)
+    RESULTS.mkdir(exist_ok=True)
+    started = datetime.now(UTC)
+    path = RESULTS / f"{started:%Y%m%dT%H%M%SZ}.json"
+    results: dict[str, Any] = {
+        "started": started.isoformat(),
+        "quick": args.quick,
+        "machine": {"python": platform.python_version(), "cores": _cores()},
+        "commands": " ".join(["python -m bench.run", *sys.argv[1:]]),
+        "scenarios": {},
+        "errors": {},
+    }
+    for name in names:
+        began = time.monotonic()
+        print(f"bench: {name} ...", flush=True)
+        try:
+            results["scenarios"][name] = chosen[name]()
+        except Exception:  # one scenario failing must not lose the others' figures
+            results["errors"][name] = traceback.format_exc()
+            print(results["errors"][name], file=sys.stderr, flush=True)
+        print(f"bench: {name} took {time.monotonic() - began:.0f} s", flush=True)
+        for out in (path, RESULTS / "latest.json"):
+            out.write_text(json.dumps(results, indent=1))
+    print(f"bench: results in {path}; draw the report with: python -m bench.report {path}")
+    if results["errors"]:
+        sys.exit(1)
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    main()
