@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.db import connections, router, transaction
+from django.utils import timezone
 
 from notify import retention
 from notify.broker import encode_notice, get_broker
@@ -55,15 +56,25 @@ def publish_many(events: Iterable[Prepared]) -> list[Event]:
     if not batch:
         return []
     alias = router.db_for_write(Event)
+    connection = connections[alias]
+    if (
+        connection.vendor == "postgresql"
+        and connection.get_autocommit()
+        and not connection.in_atomic_block
+    ):
+        # No transaction of the caller's to wait for: one statement takes the ordering
+        # lock, inserts and commits, instead of four round trips (BEGIN, lock, INSERT,
+        # COMMIT). One process publishes about 930 events/s instead of 590
+        # (docs/benchmarks.md).
+        stored = _insert_in_order(alias, batch)
+        _after_commit(_notices(stored, batch), alias)
+        return stored
     with transaction.atomic(using=alias):
         _serialize_commits(alias)
         stored = Event.objects.using(alias).bulk_create(
             [Event(channel=item.channel, event=item.event, data=item.data) for item in batch]
         )
-        notices = [
-            encode_notice(row.id, row.channel, row.sse_frame(item.payload_json))
-            for row, item in zip(stored, batch, strict=True)
-        ]
+        notices = _notices(stored, batch)
         transaction.on_commit(lambda: _after_commit(notices, alias), using=alias)
     return stored
 
@@ -76,6 +87,43 @@ async def apublish(channel: str, data: Any = None, *, event: str = "message") ->
 def _after_commit(notices: list[bytes], alias: str) -> None:
     get_broker().publish_many(notices)
     retention.prune_if_due(alias)
+
+
+def _notices(stored: list[Event], batch: list[Prepared]) -> list[bytes]:
+    return [
+        encode_notice(row.id, row.channel, row.sse_frame(item.payload_json))
+        for row, item in zip(stored, batch, strict=True)
+    ]
+
+
+def _insert_in_order(alias: str, batch: list[Prepared]) -> list[Event]:
+    """Insert ``batch`` on PostgreSQL in autocommit, in one statement holding the ordering
+    lock (``pg_advisory_xact_lock``: released when that statement's transaction commits).
+
+    The lock is taken in a CTE the INSERT selects from, so it is held before ``nextval``
+    hands out the first id, exactly as in the explicit transaction of the other path. The
+    rows are inserted, and their ids returned, in the batch's order (``ORDER BY n``)."""
+    connection = connections[alias]
+    data_field = Event._meta.get_field("data")
+    created = timezone.now()
+    rows = ", ".join(["(%s, %s, %s, %s)"] * len(batch))
+    params: list[Any] = [ORDERING_LOCK_KEY, created]
+    for n, item in enumerate(batch):
+        params += [n, item.channel, item.event, data_field.get_db_prep_save(item.data, connection)]
+    table = connection.ops.quote_name(Event._meta.db_table)
+    sql = (
+        "WITH ordering AS (SELECT pg_advisory_xact_lock(%s)) "
+        f"INSERT INTO {table} (channel, event, data, created) "
+        "SELECT v.channel, v.event, v.data::jsonb, %s FROM ordering, "
+        f"(VALUES {rows}) AS v (n, channel, event, data) ORDER BY v.n RETURNING id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        ids = [row[0] for row in cursor.fetchall()]
+    return [
+        Event(id=event_id, channel=item.channel, event=item.event, data=item.data, created=created)
+        for event_id, item in zip(ids, batch, strict=True)
+    ]
 
 
 def _serialize_commits(alias: str) -> None:

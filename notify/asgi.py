@@ -180,10 +180,9 @@ async def _check_access(scope: Scope, channels: Sequence[str]) -> authorization.
         # Nobody's user is needed: opening a stream then reads no session and no user.
         return authorization.Access([], None)
     cookie_header = _cookie_header(scope)
-    if (
-        authorization.policy() is authorization.default_policy
-        and not parse_cookie(cookie_header).get(settings.SESSION_COOKIE_NAME)
-    ):
+    if authorization.policy() is authorization.default_policy and not parse_cookie(
+        cookie_header
+    ).get(settings.SESSION_COOKIE_NAME):
         # Nobody is logged in, and the default policy answers a visitor without the
         # database: no thread-pool call (a reconnect storm of visitors costs one less each).
         return authorization.check(authorization.anonymous_user(), channels)

@@ -83,10 +83,14 @@ class RedisBroker(Broker):
         if skip and time.monotonic() < self._skip_until:
             return
         try:
-            pipeline = self._publisher().pipeline(transaction=False)
-            for message in messages:
-                pipeline.publish(channel, message)
-            pipeline.execute()
+            client = self._publisher()
+            if len(messages) == 1:
+                client.publish(channel, messages[0])  # a pipeline costs more for one
+            else:
+                pipeline = client.pipeline(transaction=False)
+                for message in messages:
+                    pipeline.publish(channel, message)
+                pipeline.execute()
         except redis.RedisError as exc:
             self._skip_until = time.monotonic() + _SKIP_AFTER_FAILURE
             logger.warning(
