@@ -22,6 +22,10 @@ from notify.models import Event
 from tests.conftest import ROOT, manage, server_env
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Listen:
     """``manage.py listen`` in a subprocess; its stdout read line by line with a timeout."""
 
@@ -36,6 +40,9 @@ class Listen:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A shell's background job ignores SIGINT, and an ignored signal stays ignored
+            # across exec: listen would never see the Ctrl-C these tests send.
+            preexec_fn=_default_sigint,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
