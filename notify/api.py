@@ -102,21 +102,28 @@ def _insert_in_order(alias: str, batch: list[Prepared]) -> list[Event]:
 
     The lock is taken in a CTE the INSERT selects from, so it is held before ``nextval``
     hands out the first id, exactly as in the explicit transaction of the other path. The
-    rows are inserted, and their ids returned, in the batch's order (``ORDER BY n``)."""
+    rows are inserted, and their ids returned, in the batch's order (``ORDER BY n``). The
+    data goes as the JSON text ``prepare`` already encoded, cast to jsonb by the server
+    (None as SQL NULL, as ``bulk_create`` stores it)."""
     connection = connections[alias]
-    data_field = Event._meta.get_field("data")
     created = timezone.now()
-    rows = ", ".join(["(%s, %s, %s, %s)"] * len(batch))
-    params: list[Any] = [ORDERING_LOCK_KEY, created]
-    for n, item in enumerate(batch):
-        params += [n, item.channel, item.event, data_field.get_db_prep_save(item.data, connection)]
     table = connection.ops.quote_name(Event._meta.db_table)
-    sql = (
-        "WITH ordering AS (SELECT pg_advisory_xact_lock(%s)) "
-        f"INSERT INTO {table} (channel, event, data, created) "
-        "SELECT v.channel, v.event, v.data::jsonb, %s FROM ordering, "
-        f"(VALUES {rows}) AS v (n, channel, event, data) ORDER BY v.n RETURNING id"
-    )
+    lock = "WITH ordering AS (SELECT pg_advisory_xact_lock(%s)) "
+    insert = f"INSERT INTO {table} (channel, event, data, created) "
+    params: list[Any] = [ORDERING_LOCK_KEY]
+    if len(batch) == 1:
+        item = batch[0]
+        sql = f"{lock}{insert}SELECT %s, %s, %s::jsonb, %s FROM ordering RETURNING id"
+        params += [item.channel, item.event, _json_text(item), created]
+    else:
+        rows = ", ".join(["(%s, %s, %s, %s)"] * len(batch))
+        sql = (
+            f"{lock}{insert}SELECT v.channel, v.event, v.data::jsonb, %s FROM ordering, "
+            f"(VALUES {rows}) AS v (n, channel, event, data) ORDER BY v.n RETURNING id"
+        )
+        params.append(created)
+        for n, item in enumerate(batch):
+            params += [n, item.channel, item.event, _json_text(item)]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         ids = [row[0] for row in cursor.fetchall()]
@@ -124,6 +131,10 @@ def _insert_in_order(alias: str, batch: list[Prepared]) -> list[Event]:
         Event(id=event_id, channel=item.channel, event=item.event, data=item.data, created=created)
         for event_id, item in zip(ids, batch, strict=True)
     ]
+
+
+def _json_text(item: Prepared) -> str | None:
+    return None if item.data is None else item.payload_json
 
 
 def _serialize_commits(alias: str) -> None:

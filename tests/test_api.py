@@ -287,3 +287,16 @@ def test_publish_many_in_a_rolled_back_transaction_sends_nothing(listener):
     assert not Event.objects.exists()
     listener.assert_silent()
     assert publish_many([]) == []
+
+
+def test_publish_outside_a_transaction_stores_the_data_as_given(listener):
+    """On PostgreSQL the data goes to the server as the JSON text publish encoded: it must be
+    stored as the same value (None as SQL NULL, as the transaction path stores it)."""
+    values = [None, {"b": "café ☃", "a": [1, 2.5, True]}, "text", 0, []]
+    events = [publish("shapes", value) for value in values]
+    stored = Event.objects.filter(id__in=[e.id for e in events])
+    assert [e.data for e in stored] == values
+    assert Event.objects.filter(id=events[0].id, data__isnull=True).exists()
+    for event in events:
+        notice = decode_notice(listener.next())
+        assert notice.frame == Event.objects.get(id=event.id).sse_frame()
