@@ -407,10 +407,8 @@ class Hub:
             await asyncio.sleep(notify_settings.POLL_SECONDS)
             if self.last_id is None:
                 continue
-            if self.broker.polls or not self.broker.connected:
-                await self.fill()
-                reconciled = loop.time()
-            elif loop.time() - reconciled >= notify_settings.RECONCILE_SECONDS:
+            watching = self.broker.polls or not self.broker.connected
+            if watching or loop.time() - reconciled >= notify_settings.RECONCILE_SECONDS:
                 await self.fill()
                 reconciled = loop.time()
 
