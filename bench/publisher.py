@@ -1,5 +1,5 @@
 """Publish the bench payload at a steady rate, from a process of its own, for the notify and
-bare targets (django-eventstream has its own: ``bench.eventstream.publisher``).
+bare targets (``bench.eventstream.publisher`` uses ``publish`` for django-eventstream).
 
     DJANGO_SETTINGS_MODULE=bench.settings .venv/bin/python -m bench.publisher notify \\
         --rate 10 --count 100

@@ -160,6 +160,15 @@ def publish_section(runs: list[dict[str, Any]]) -> str:
     return table(["how", "events/s", "ordering intact"], rows)
 
 
+def bars(ax: Any, names: Sequence[str], series: dict[str, Sequence[float]]) -> None:
+    """One group of bars per name, one bar per series in each, labelled under the group."""
+    width = 0.8 / len(series)
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar([x + i * width for x in range(len(names))], values, width, label=label)
+    middle = width * (len(series) - 1) / 2
+    ax.set_xticks([x + middle for x in range(len(names))], names, rotation=30, ha="right")
+
+
 def charts(results: dict[str, Any]) -> list[str]:
     """Draw the charts; their Markdown image lines."""
     import matplotlib
@@ -169,82 +178,55 @@ def charts(results: dict[str, Any]) -> list[str]:
 
     FIGURES.mkdir(parents=True, exist_ok=True)
     images = []
+
+    def save(fig: Any, name: str, title: str) -> None:
+        fig.tight_layout()
+        fig.savefig(FIGURES / f"{name}.png", dpi=100)
+        plt.close(fig)
+        images.append(f"![{title}](benchmarks/{name}.png)")
+
     scenarios = results["scenarios"]
     if latency_runs := measured(scenarios.get("latency", [])):
         groups = sorted({(r["clients"], r["rate"]) for r in latency_runs})
         fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
         for ax, (clients, rate) in zip(axes[0], groups, strict=True):
             runs = [r for r in latency_runs if (r["clients"], r["rate"]) == (clients, rate)]
-            names = [r["target"] for r in runs]
-            p50 = [(r.get("latency_ms") or {}).get("p50") or 0 for r in runs]
-            p99 = [(r.get("latency_ms") or {}).get("p99") or 0 for r in runs]
-            xs = range(len(names))
-            ax.bar([x - 0.2 for x in xs], p50, 0.4, label="p50")
-            ax.bar([x + 0.2 for x in xs], p99, 0.4, label="p99")
-            ax.set_xticks(list(xs), names, rotation=30, ha="right")
+            series = {
+                p: [(r.get("latency_ms") or {}).get(p) or 0 for r in runs] for p in ("p50", "p99")
+            }
+            bars(ax, [r["target"] for r in runs], series)
             ax.set_ylabel("publish → client latency (ms)")
             ax.set_title(f"{clients:,} clients, {rate:g} events/s")
             ax.legend()
-        fig.tight_layout()
-        fig.savefig(FIGURES / "latency.png", dpi=100)
-        plt.close(fig)
-        images.append("![Fan-out latency](benchmarks/latency.png)")
+        save(fig, "latency", "Fan-out latency")
     if idle_runs := measured(scenarios.get("idle", [])):
-        sizes = sorted({r["streams"] for r in idle_runs})
         fig, ax = plt.subplots(figsize=(8, 4))
         names = sorted({r["target"] for r in idle_runs})
-        width = 0.8 / len(sizes)
-        for i, size in enumerate(sizes):
+        series = {}
+        for size in sorted({r["streams"] for r in idle_runs}):
             values = {
                 r["target"]: r["rss_per_stream_kib"] or 0 for r in idle_runs if r["streams"] == size
             }
-            ax.bar(
-                [x + i * width for x in range(len(names))],
-                [values.get(name, 0) for name in names],
-                width,
-                label=f"{size:,} streams",
-            )
-        ax.set_xticks(
-            [x + width * (len(sizes) - 1) / 2 for x in range(len(names))],
-            names,
-            rotation=30,
-            ha="right",
-        )
+            series[f"{size:,} streams"] = [values.get(name, 0) for name in names]
+        bars(ax, names, series)
         ax.set_ylabel("RSS per open stream (KiB)")
         ax.axhline(30, color="grey", linestyle="--", linewidth=1, label="target: 30 KB")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(FIGURES / "idle.png", dpi=100)
-        plt.close(fig)
-        images.append("![Idle cost per stream](benchmarks/idle.png)")
+        save(fig, "idle", "Idle cost per stream")
     if accept_runs := scenarios.get("accept"):
         fig, ax = plt.subplots(figsize=(8, 4))
-        names = [r["target"] for r in accept_runs]
         backlogs = [str(a["backlog"]) for a in accept_runs[0]["runs"]]
-        width = 0.8 / len(backlogs)
-        for i, backlog in enumerate(backlogs):
-            seconds = [
+        series = {
+            f"backlog {backlog}": [
                 next(a["open_seconds"] for a in r["runs"] if str(a["backlog"]) == backlog)
                 for r in accept_runs
             ]
-            ax.bar(
-                [x + i * width for x in range(len(names))],
-                seconds,
-                width,
-                label=f"backlog {backlog}",
-            )
-        ax.set_xticks(
-            [x + width * (len(backlogs) - 1) / 2 for x in range(len(names))],
-            names,
-            rotation=30,
-            ha="right",
-        )
+            for backlog in backlogs
+        }
+        bars(ax, [r["target"] for r in accept_runs], series)
         ax.set_ylabel(f"seconds to open {accept_runs[0]['clients']:,} connections at once")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(FIGURES / "accept.png", dpi=100)
-        plt.close(fig)
-        images.append("![Connection acceptance](benchmarks/accept.png)")
+        save(fig, "accept", "Connection acceptance")
     return images
 
 

@@ -4,11 +4,8 @@ and then publishes it to Redis, where every server process's subscription picks 
 
     .bench-venv/bin/python -m bench.eventstream.publisher --rate 10 --count 100
 
-Events are paced on an absolute schedule (event i is due at start + i / rate), so a slow
-publish delays the next ones instead of stretching the whole run; ``--rate 0`` publishes
-as fast as one process can. Each payload is stamped with ``time.time()`` just before its
-``send_event``, so the latency a client sees includes the database write, as notify's does.
-The last line on stdout is a JSON summary (count, seconds, publishes/s, how late it fell).
+Paced and summarised by ``bench.publisher.publish``, as notify's and the bare app's
+publishers are: the same schedule, the same payload, the same JSON summary.
 """
 
 from __future__ import annotations
@@ -16,70 +13,41 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
+from collections.abc import Callable
 from typing import Any
 
+from bench.publisher import publish
+
 CHANNEL = "bench"
+WARMUP_CHANNEL = "bench-warmup"
 EVENT_TYPE = "message"
 
 
-def publish(
-    rate: float, count: int | None, duration: float | None, first: int = 1
-) -> dict[str, Any]:
-    """Send events ``first``, ``first + 1``, … at ``rate`` per second (0: unthrottled) until
-    ``count`` events are sent or ``duration`` seconds have passed, whichever comes first.
-    Needs Django set up with ``bench.eventstream.settings``."""
-    if count is None and duration is None:
-        raise ValueError("give a count or a duration, or the publisher never stops")
-    from django.db import connection
+def eventstream_sender() -> Callable[[dict[str, Any]], None]:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.eventstream.settings")
+    import django
+
+    django.setup()
     from django_eventstream import send_event
 
-    from bench.common import bench_payload
+    # Connect to the database and Redis before the first timed event, as notify's
+    # publisher does: one event on a channel no bench stream reads.
+    send_event(WARMUP_CHANNEL, EVENT_TYPE, None)
 
-    sent = 0
-    max_late = 0.0
-    start = time.monotonic()
-    deadline = None if duration is None else start + duration
-    try:
-        while count is None or sent < count:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            if rate > 0:
-                due = start + sent / rate
-                if due > now:
-                    time.sleep(due - now)
-                else:
-                    max_late = max(max_late, now - due)
-            send_event(CHANNEL, EVENT_TYPE, bench_payload(first + sent))
-            sent += 1
-    finally:
-        connection.close()
-    seconds = time.monotonic() - start
-    return {
-        "published": sent,
-        "first": first,
-        "seconds": seconds,
-        "per_second": sent / seconds if seconds > 0 else 0.0,
-        "max_late_seconds": max_late,
-    }
+    def send(payload: dict[str, Any]) -> None:
+        send_event(CHANNEL, EVENT_TYPE, payload)
+
+    return send
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=10.0, help="events/s; 0 = unthrottled")
-    parser.add_argument("--count", type=int, help="stop after this many events")
-    parser.add_argument("--duration", type=float, help="stop after this many seconds")
+    parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--first", type=int, default=1, help="sequence number of the first")
     args = parser.parse_args()
-    if args.count is None and args.duration is None:
-        args.count = 100
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.eventstream.settings")
-    import django
-
-    django.setup()
-    print(json.dumps(publish(args.rate, args.count, args.duration, args.first)), flush=True)
+    send = eventstream_sender()
+    print(json.dumps(publish(send, args.rate, args.count, args.first)), flush=True)
 
 
 if __name__ == "__main__":
