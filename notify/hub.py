@@ -52,6 +52,7 @@ class Subscriber:
         "heartbeat_due",
         "last_write",
         "lost",
+        "origin",
         "paused",
         "replaying",
         "sending",
@@ -72,6 +73,10 @@ class Subscriber:
         self.lost = False
         # Ids at or below this were sent from the database: their notices may still arrive.
         self.floor = 0
+        # The hub's newest delivered id when this subscriber registered (set by
+        # ``Hub.subscribe``): every event after it reaches the subscriber, so a stream
+        # without a cursor starts there without asking the database.
+        self.origin = 0
         self.closed: str | None = None
         self.heartbeat_due = False
         # Set while the server's write buffer for this client is full (see
@@ -196,6 +201,8 @@ class Hub:
         except TimeoutError as exc:
             raise HubUnavailable("the database could not be read") from exc
         subscriber = Subscriber(tuple(channels), self.loop.time(), user_id)
+        assert self.last_id is not None  # set before ``ready``
+        subscriber.origin = self.last_id
         for channel in subscriber.channels:
             self.by_channel.setdefault(channel, set()).add(subscriber)
         self.subscribers.add(subscriber)

@@ -123,7 +123,13 @@ class EventStream:
         batch = notify_settings.REPLAY_BATCH
         cursor = None if self.cursor is None else parse_cursor(self.cursor)
         first: list[Notice] = []
-        if cursor is None:
+        oldest: int | None = None
+        newest: int | None
+        if self.cursor is None:
+            # No database: the hub brings every event after the id it had reached when the
+            # stream subscribed (1k streams opened at once are 1k queries fewer).
+            newest = subscriber.origin
+        elif cursor is None:
             oldest, newest = await db_call(id_bounds)
         else:
             # Live events that overflow from now on are in this read, or the next one.

@@ -454,6 +454,23 @@ def test_stream_without_cursor_opens_at_the_newest_id_then_goes_live():
     run_with_hub(body)
 
 
+def test_stream_without_cursor_opens_where_the_hub_is_and_misses_nothing_after():
+    async def body(hub: Hub) -> None:
+        seen = await apublish("a", "seen")
+        # Stored with no notice: the hub has not reached it when the stream opens. The
+        # stream opens without reading the database, at the hub's newest id...
+        unseen = await store("a", "unseen")
+        subscriber = await hub.subscribe(["a"])
+        stream = EventStream(subscriber, None).body()
+        assert await next_chunk(stream) == sse.open_frame(seen.id)
+        # ... and the event reaches it once the hub reads it (here its reconcile read).
+        await hub.fill()
+        assert await next_chunk(stream) == unseen.sse_frame()
+        await stream.aclose()
+
+    run_with_hub(body)
+
+
 @pytest.mark.parametrize(
     ("cursor", "reason"),
     [
