@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from importlib import import_module
 from typing import Any
@@ -55,16 +56,42 @@ _RESPONSE_HEADERS = _encode(HEADERS)
 
 
 class NotifyASGIHandler:
-    """Serve notify's streams directly; pass everything else to ``application``."""
+    """Serve notify's streams directly; pass everything else to ``application``.
 
-    def __init__(self, application: ASGIApp) -> None:
+    ``freeze_gc`` (default True) calls ``gc.freeze()`` once per process, when the handler
+    is built, that is after Django has loaded: see ``freeze_startup_objects``."""
+
+    def __init__(self, application: ASGIApp, *, freeze_gc: bool = True) -> None:
         self.application = application
+        if freeze_gc:
+            freeze_startup_objects()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_stream_path(_path_info(scope)):
             await serve_stream(scope, receive, send)
         else:
             await self.application(scope, receive, send)
+
+
+_frozen = False
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive now out of the garbage collector's sight (``gc.freeze()``),
+    once per process.
+
+    Why: a streaming process keeps thousands of streams waiting, and every full collection
+    pauses all of them while it walks every tracked object, most of which are Django's
+    startup heap (modules, settings, URL patterns, models) that lives as long as the process
+    anyway. Live events keep promoting short-lived objects (each waiting stream's future)
+    into the oldest generation, so full collections come every few seconds; with 1k
+    streams each took 70-120 ms, and that was notify's p99 (docs/benchmarks.md). Frozen
+    objects are still freed by reference counting; only cyclic garbage among them would
+    stay, and startup objects are not garbage."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
 
 
 def _path_info(scope: Scope) -> str:

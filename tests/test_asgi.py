@@ -16,6 +16,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from django.db import connection, transaction
 import notify
 from notify.broker import encode_notice
 from notify.models import Event
-from tests.conftest import REDIS_PREFIX, Server, SSEClient, payload
+from tests.conftest import REDIS_PREFIX, ROOT, Server, SSEClient, payload
 
 ON_POSTGRESQL = connection.vendor == "postgresql"
 
@@ -878,3 +880,30 @@ def test_stream_that_falls_behind_between_writes_ends_its_response_cleanly(start
         replayed = client.until(lambda e: e.event == "notify.catchup-end")
     assert message_ids(replayed) == [e.id for e in events[len(got) :]]
     assert_clean_log(server)
+
+
+_FREEZE_PROBE = """
+import gc, os
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+from django.core.asgi import get_asgi_application
+django_application = get_asgi_application()
+from notify.asgi import NotifyASGIHandler
+before = gc.get_freeze_count()
+NotifyASGIHandler(django_application, freeze_gc={freeze})
+NotifyASGIHandler(django_application, freeze_gc={freeze})
+print(before, gc.get_freeze_count())
+"""
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_the_handler_freezes_the_startup_heap_once_unless_told_not_to(freeze):
+    # In a process of its own: freezing this test process would change every later test's.
+    probe = _FREEZE_PROBE.format(freeze=freeze)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    before, after = map(int, result.stdout.split())
+    assert before == 0
+    # Django's loaded modules, settings and models: tens of thousands of objects.
+    assert (after > 10_000) if freeze else (after == 0)
