@@ -37,7 +37,10 @@ def encode_json(value: Any) -> str:
 
 def format_created(created: datetime) -> str:
     """``2026-11-22T10:00:00.123456Z``: UTC, always with microseconds."""
-    return created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # Not strftime: isoformat is faster (this runs for every event published and replayed)
+    # and pads years below 1000 to four digits, as glibc's %Y does not. In UTC its offset
+    # is always "+00:00".
+    return created.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def envelope(event_id: int, channel: str, event: str, created: datetime, payload_json: str) -> str:

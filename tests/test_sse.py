@@ -73,6 +73,8 @@ def test_frames_use_only_lf_and_no_bom():
             datetime(2026, 11, 21, 23, 0, 0, 1, tzinfo=timezone(timedelta(hours=-11))),
             "2026-11-22T10:00:00.000001Z",
         ),
+        # ISO 8601's four-digit year (strftime's %Y gives "5" on glibc).
+        (datetime(5, 1, 1, 0, 0, 0, 5, tzinfo=UTC), "0005-01-01T00:00:00.000005Z"),
     ],
 )
 def test_created_is_utc_with_microseconds(created, expected):
