@@ -10,8 +10,10 @@ publishes N events at R per second and prints a JSON summary as its last line).
     eventstream-daphne              django-eventstream 5.x (bench/eventstream/), in .bench-venv
 
 The services come from the environment when a target is built: ``DATABASE_URL`` (default
-postgres://postgres@127.0.0.1:5432/notify_bench), ``REDIS_URL`` (redis://127.0.0.1:6379/0)
-and ``BENCH_REDIS_PREFIX`` (notify-bench), the prefix of every Redis channel a target uses.
+postgres://postgres@127.0.0.1:5432/notify_bench; ``bench.run`` sets it to the private
+cluster it starts, ``bench.postgres``, unless it is set), ``REDIS_URL``
+(redis://127.0.0.1:6379/0) and ``BENCH_REDIS_PREFIX`` (notify-bench), the prefix of every
+Redis channel a target uses.
 
 Publishers run pinned to core 1, beside the load generator, so that core 0 is the server's
 alone: at 10 events/s a publisher costs little, and a server sharing its core with a
@@ -151,7 +153,8 @@ def eventstream_target() -> Target | None:
     except ModuleNotFoundError as exc:
         print(f"eventstream-daphne skipped: {exc}", file=sys.stderr)
         return None
-    target: Target = module.TARGET
+    # Built now, not at the module's import: the services are those of the environment now.
+    target: Target = module.eventstream_target()
     if not Path(target.python).exists():
         print(
             f"eventstream-daphne skipped: {target.python} is missing (make bench creates it)",

@@ -15,7 +15,9 @@ Same services as the other targets: ``DATABASE_URL`` and ``REDIS_URL``. Two thin
   200 when the stream's first query fails, cannot send a 500 instead, and leaves the
   connection open and silent. A publisher that has to connect then fails too, so none of
   the open streams gets an event either. The load generator reports those streams as
-  connection timeouts; scenarios should report that limit rather than a latency.
+  connection timeouts; scenarios should report that limit rather than a latency. This is
+  why ``bench.run`` starts a cluster of its own with ``max_connections=1200``
+  (``bench.postgres``) unless ``DATABASE_URL`` is set.
 """
 
 from __future__ import annotations
@@ -42,4 +44,5 @@ def eventstream_target() -> Target:
     )
 
 
+# Built at import, from the environment then; bench.targets builds a fresh one instead.
 TARGET = eventstream_target()
