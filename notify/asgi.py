@@ -135,10 +135,12 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
     if access.refused:
         await _plain_response(send, 403, authorization.describe_refusal(access.refused))
         return
-    # Counted before subscribing; released in the ``finally`` below once subscribed.
-    counter = limits.get_counter()
+    # Counted before subscribing; released in the ``finally`` below once subscribed. Only
+    # under a limit: counting is a broker round trip (each process's opens take turns for
+    # it), and with no limit to compare with it serves nothing.
     owner, limit = limits.owner(access.user_id, limits.client_address(scope))
-    if not await counter.acquire(owner, limit):
+    counter = None if limit is None else limits.get_counter()
+    if counter is not None and not await counter.acquire(owner, limit):
         assert limit is not None
         retry_after = str(limits.RETRY_AFTER).encode()
         await _plain_response(
@@ -149,7 +151,8 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
     try:
         subscriber = await hub.subscribe(request.channels, access.user_id)
     except BaseException as exc:
-        counter.release(owner)
+        if counter is not None:
+            counter.release(owner)
         if not isinstance(exc, HubUnavailable):
             raise
         await _plain_response(
@@ -187,7 +190,8 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
         if flow is not None:
             flow.detach()
         hub.unsubscribe(subscriber)
-        counter.release(owner)
+        if counter is not None:
+            counter.release(owner)
         watcher.cancel()
 
 

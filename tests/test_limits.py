@@ -9,6 +9,7 @@ import uuid
 
 import httpx
 import pytest
+import redis
 from django.contrib.auth.models import User
 from django.db import connection
 
@@ -199,3 +200,22 @@ def test_streams_never_admitted_leave_no_count(start_server: StartServer):
         for _ in range(3):
             refused(url)
     admitted_soon(url).close()
+
+
+def test_streams_under_no_limit_are_not_counted(start_server: StartServer, redis_url: str):
+    """With no limit for its owner a stream counts nothing through the broker (a round trip
+    that each process's opens take in turn): opening many at once costs no Redis work."""
+    prefix = own_prefix()
+    server = start_server(REDIS_PREFIX=prefix, MAX_STREAMS_PER_IP=None)
+    client = redis.Redis.from_url(redis_url)
+    clients = open_streams(stream_url(server, CHANNEL), 3)
+    try:
+        assert list(client.scan_iter(match=f"{prefix}:streams:*")) == []
+    finally:
+        for stream in clients:
+            stream.close()
+    # The counted case writes there (so the check above can fail).
+    counted = start_server(REDIS_PREFIX=prefix, MAX_STREAMS_PER_IP=5)
+    with SSEClient(stream_url(counted, CHANNEL)) as stream:
+        assert stream.next().event == "notify.open"
+        assert list(client.scan_iter(match=f"{prefix}:streams:*")) != []
