@@ -3,13 +3,16 @@ through ``notify.db.db_call`` from async code."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
-from django.db.models import Max, Min, Subquery
+from django.db import connections, router
+from django.db.models import BigIntegerField, Max, Min
+from django.db.models.expressions import RawSQL
 
 from notify.broker import Notice
 from notify.models import Event
+from notify.sse import encode_json, stored_event_frame
 
 
 def id_bounds() -> tuple[int | None, int | None]:
@@ -18,14 +21,25 @@ def id_bounds() -> tuple[int | None, int | None]:
     return bounds["oldest"], bounds["newest"]
 
 
-def _notices(events: Sequence[Event]) -> list[Notice]:
-    return [Notice(event.id, event.channel, event.sse_frame()) for event in events]
+# Streams read rows as tuples of these, not as model instances: building an instance per
+# row was a third of a reconnect's CPU (docs/benchmarks.md, the reconnect storm).
+_FIELDS = ("id", "channel", "event", "created", "data")
+
+
+def _notices(rows: Iterable[tuple[Any, ...]]) -> list[Notice]:
+    """Notices of rows of ``_FIELDS`` (and possibly more columns after them)."""
+    return [
+        Notice(
+            row[0], row[1], stored_event_frame(row[0], row[1], row[2], row[3], encode_json(row[4]))
+        )
+        for row in rows
+    ]
 
 
 def replay(channels: Sequence[str], after: int, limit: int) -> list[Notice]:
     """Up to ``limit`` events of ``channels`` with id > ``after``, in id order."""
     query = Event.objects.filter(channel__in=channels, id__gt=after).order_by("id")
-    return _notices(query[:limit])
+    return _notices(query.values_list(*_FIELDS)[:limit])
 
 
 class Start(NamedTuple):
@@ -37,22 +51,30 @@ class Start(NamedTuple):
     rows: list[Notice]
 
 
+def _bound(aggregate: str) -> RawSQL:
+    """``(SELECT MIN(id) FROM notify_event)`` (or MAX) as a column. RawSQL rather than a
+    Subquery of a queryset: Django compiles those anew for every query, which cost more
+    than running the whole statement."""
+    quote_name = connections[router.db_for_read(Event)].ops.quote_name
+    table = quote_name(Event._meta.db_table)
+    return RawSQL(f"SELECT {aggregate}(id) FROM {table}", (), output_field=BigIntegerField())
+
+
 def start(channels: Sequence[str], after: int, limit: int) -> Start:
     """The stored id bounds and the first replay batch after ``after``, in one query when
     there is anything to replay (a reconnect storm is then one query per client); a second
     query reads the bounds when there is not. Both come from one snapshot of the table."""
-    oldest = Event.objects.order_by("id").values("id")[:1]
-    newest = Event.objects.order_by("-id").values("id")[:1]
     query = (
         Event.objects.filter(channel__in=channels, id__gt=after)
         .order_by("id")
-        .annotate(notify_oldest=Subquery(oldest), notify_newest=Subquery(newest))
+        .annotate(notify_oldest=_bound("MIN"), notify_newest=_bound("MAX"))
+        .values_list(*_FIELDS, "notify_oldest", "notify_newest")
     )
     rows = list(query[:limit])
     if not rows:
         return Start(*id_bounds(), [])
     first = rows[0]
-    return Start(first.notify_oldest, first.notify_newest, _notices(rows))
+    return Start(first[-2], first[-1], _notices(rows))
 
 
 def events_after(after: int, limit: int, until: int | None = None) -> list[Notice]:
@@ -60,7 +82,7 @@ def events_after(after: int, limit: int, until: int | None = None) -> list[Notic
     query = Event.objects.filter(id__gt=after)
     if until is not None:
         query = query.filter(id__lte=until)
-    return _notices(query.order_by("id")[:limit])
+    return _notices(query.order_by("id").values_list(*_FIELDS)[:limit])
 
 
 class Page(NamedTuple):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
-from notify.sse import encode_json, envelope, event_frame
+from notify.sse import encode_json, stored_event_frame
 
 
 class Event(models.Model):
@@ -28,8 +28,4 @@ class Event(models.Model):
         """The SSE bytes of this event. ``payload_json`` skips re-encoding ``data``."""
         if payload_json is None:
             payload_json = encode_json(self.data)
-        return event_frame(
-            self.id,
-            self.event,
-            envelope(self.id, self.channel, self.event, self.created, payload_json),
-        )
+        return stored_event_frame(self.id, self.channel, self.event, self.created, payload_json)

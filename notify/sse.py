@@ -51,9 +51,38 @@ def envelope(event_id: int, channel: str, event: str, created: datetime, payload
     )
 
 
+# Where an event frame's created time is found: its key, and how far into the frame it can
+# be. The envelope puts ``created`` before ``data``, after an id, a type and a channel of
+# bounded length (436 bytes at most), so a search that stops here is cheap whatever the
+# size of the payload.
+_CREATED_KEY = b'"created": "'
+_CREATED_WITHIN = 512
+
+
+def created_timestamp(frame: bytes) -> float | None:
+    """The ``created`` time of an event's frame (as ``event_frame`` builds it from
+    ``envelope``) as a POSIX timestamp; None when the frame carries none."""
+    start = frame.find(_CREATED_KEY, 0, _CREATED_WITHIN)
+    if start < 0:
+        return None
+    start += len(_CREATED_KEY)
+    try:
+        # 27 characters: 2026-11-22T10:00:00.123456Z
+        return datetime.fromisoformat(frame[start : start + 27].decode("ascii")).timestamp()
+    except ValueError:
+        return None
+
+
 def event_frame(event_id: int, event: str, data_line: str) -> bytes:
     """The complete bytes of one event; ``event`` and ``data_line`` must hold no line breaks."""
     return f"id: {event_id}\nevent: {event}\ndata: {data_line}\n\n".encode("ascii")
+
+
+def stored_event_frame(
+    event_id: int, channel: str, event: str, created: datetime, payload_json: str
+) -> bytes:
+    """The frame of a stored event: its ``id:``, ``event:``, and its envelope as data."""
+    return event_frame(event_id, event, envelope(event_id, channel, event, created, payload_json))
 
 
 def control_frame(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
