@@ -130,12 +130,16 @@ def storm_section(runs: list[dict[str, Any]]) -> str:
             r["caught_up_p50_seconds"],
             r["queries_per_reconnect"],
             r["connections_per_reconnect"],
+            r.get("database_sessions_per_reconnect", "—"),
             r["server_cpu_ms_per_reconnect"],
         )
         for r in runs
     ]
     header = ["server", "caught up", "behind", "all caught up (s)", "p50 (s)", "queries/reconnect"]
-    return table([*header, "DB connections/reconnect", "server CPU ms/reconnect"], rows)
+    # Django's connection opens (from psycopg's pool: no new session) against PostgreSQL's
+    # own count of new sessions.
+    header += ["connections taken/reconnect", "new DB sessions/reconnect"]
+    return table([*header, "server CPU ms/reconnect"], rows)
 
 
 def publish_section(runs: list[dict[str, Any]]) -> str:
