@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint migrate clean chromium soak bench
+.PHONY: run test lint migrate clean chromium nginx soak bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,16 @@ chromium:
 		echo "Installing Debian's chromium for the browser tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-test: $(VENV)/.dev-deps chromium
+# tests/test_nginx.py runs Debian's nginx in front of the test servers: a master process of
+# its own on a free port, never the system's. On a machine with systemd the package also
+# starts a system nginx on port 80, which the tests do not use (`systemctl disable --now
+# nginx` stops it). /usr/sbin is not on every user's PATH.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { \
+		echo "Installing Debian's nginx for the proxy tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; }
+
+test: $(VENV)/.dev-deps chromium nginx
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The soak harness (tests/soak): SOAK_SECONDS of publishing under faults, then the verdict.

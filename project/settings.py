@@ -2,11 +2,13 @@
 
 With no environment it runs on SQLite and notify's embedded broker, in DEBUG mode with a
 development secret key. ``DATABASE_URL`` (e.g. postgres://postgres@127.0.0.1:5432/notify)
-and ``REDIS_URL`` (redis://127.0.0.1:6379/0) switch to PostgreSQL and Redis.
+and ``REDIS_URL`` (redis://127.0.0.1:6379/0) switch to PostgreSQL (with psycopg's connection
+pool) and Redis.
 
 ``DJANGO_DEBUG=0`` turns DEBUG off; the project then refuses to start unless
 ``DJANGO_SECRET_KEY`` holds a key of its own (see SECURITY.md), and sends its cookies over
-HTTPS only. ``NOTIFY_PUBLISH_TOKENS`` (whitespace-separated) sets the publish API's tokens.
+HTTPS only. ``NOTIFY_PUBLISH_TOKENS`` (whitespace-separated) sets the publish API's tokens,
+``DJANGO_STATIC_ROOT`` the directory ``collectstatic`` fills.
 """
 
 import os
@@ -95,6 +97,10 @@ DATABASES = {
     if os.environ.get("DATABASE_URL")
     else _SQLITE
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # psycopg's pool (README, "How delivery works"): opening a stream borrows a connection
+    # instead of opening one.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 2, "max_size": 8}
 
 NOTIFY = {
     # None runs the embedded broker: fine for one server process.
@@ -119,6 +125,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Where `manage.py collectstatic` copies them, for the web server (docs/deploy.md).
+STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT") or None
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LOGGING = {

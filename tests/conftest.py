@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -180,11 +181,12 @@ class SSEClient:
         last_event_id: str | None = None,
         read_timeout: float = 10.0,
         headers: dict[str, str] | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         request_headers = {"Accept": "text/event-stream", **(headers or {})}
         if last_event_id is not None:
             request_headers["Last-Event-ID"] = last_event_id
-        self.client = httpx.Client(timeout=httpx.Timeout(10.0, read=read_timeout))
+        self.client = httpx.Client(timeout=httpx.Timeout(10.0, read=read_timeout), verify=verify)
         self.response = self.client.send(
             self.client.build_request("GET", url, headers=request_headers), stream=True
         )

@@ -64,3 +64,13 @@ def test_a_debug_value_that_is_neither_on_nor_off_is_refused():
     result = run("-c", SHOW, DJANGO_DEBUG="maybe")
     assert result.returncode != 0
     assert "DJANGO_DEBUG='maybe' is neither on nor off" in result.stderr
+
+
+def test_postgresql_gets_a_connection_pool():
+    show = "import django; django.setup(); from django.db import connection as c; "
+    show += "print(c.settings_dict['OPTIONS'])"
+    result = run("-c", show, DATABASE_URL="postgres://notify@/notify")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "{'pool': {'min_size': 2, 'max_size': 8}}"
+    result = run("-c", show)
+    assert "pool" not in result.stdout
