@@ -21,9 +21,9 @@ from django.utils.text import Truncator
 
 from notify import authorization
 from notify.api import prepare, publish_many
+from notify.audience import stream_counts
 from notify.forms import PublishEventForm, recent_values
 from notify.models import Event
-from notify.presence import stream_counts
 
 PREVIEW_CHARS = 80
 # "Publish again" stores its copies in one transaction that holds the ordering lock, which

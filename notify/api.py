@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from django.db import connections, router, transaction
 from django.utils import timezone
 
-from notify import retention
+from notify import metrics, retention
 from notify.broker import encode_notice, get_broker
 from notify.models import Event
 from notify.validation import encode_payload, validate_channel, validate_event_type
@@ -85,6 +85,7 @@ async def apublish(channel: str, data: Any = None, *, event: str = "message") ->
 
 
 def _after_commit(notices: list[bytes], alias: str) -> None:
+    metrics.EVENTS_PUBLISHED.inc(len(notices))
     get_broker().publish_many(notices)
     retention.prune_if_due(alias)
 

@@ -84,6 +84,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     errors.extend(_check_broker(raw.get("BROKER")))
     errors.extend(_check_retention(raw.get("RETENTION", DEFAULTS["RETENTION"])))
     errors.extend(_check_publish_tokens(raw.get("PUBLISH_TOKENS", [])))
+    errors.extend(_check_metrics_token(raw.get("METRICS_TOKEN")))
     errors.extend(_check_authorize(raw.get("AUTHORIZE")))
     errors.extend(
         _check_cors(
@@ -194,6 +195,21 @@ def _check_publish_tokens(value: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+def _check_metrics_token(value: Any) -> list[CheckMessage]:
+    if value is None or (isinstance(value, str) and value):
+        return []
+    # The value itself is not shown: it may be a secret in the wrong shape.
+    shown = "an empty string" if value == "" else f"a value of type {type(value).__name__}"
+    return [
+        Error(
+            f'NOTIFY["METRICS_TOKEN"] must be None or a non-empty string, not {shown}.',
+            hint="None lets staff users alone read /notify/metrics/. Make a token with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe())'",
+            id="notify.E015",
+        )
+    ]
 
 
 def _check_authorize(path: Any) -> list[CheckMessage]:

@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
     # Dotted path of a callable (user, channel) -> bool deciding who may read a channel;
     # "notify.authorization.allow_all" lets everyone read every channel.
     "AUTHORIZE": "notify.authorization.default_policy",
+    # Bearer token that may read /notify/metrics/ (staff users may with their session);
+    # None: staff only.
+    "METRICS_TOKEN": None,
 }
 
 
@@ -176,6 +179,11 @@ class Settings:
     @property
     def AUTHORIZE(self) -> str:
         return get("AUTHORIZE") or DEFAULTS["AUTHORIZE"]
+
+    @property
+    def METRICS_TOKEN(self) -> str | None:
+        value = get("METRICS_TOKEN")
+        return None if value is None else str(value)
 
 
 notify_settings = Settings()

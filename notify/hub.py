@@ -15,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
+from notify import metrics
 from notify.broker import Broker, Notice, Resync, Revocation, decode_notice, get_broker
 from notify.conf import notify_settings
 from notify.db import db_call
 from notify.history import events_after, id_bounds
+from notify.sse import created_timestamp
 
 logger = logging.getLogger("notify.hub")
 
@@ -73,10 +76,10 @@ class Subscriber:
         self.lost = False
         # Ids at or below this were sent from the database: their notices may still arrive.
         self.floor = 0
-        # The hub's newest delivered id when this subscriber registered (set by
-        # ``Hub.subscribe``): every event after it reaches the subscriber, so a stream
-        # without a cursor starts there without asking the database.
-        self.origin = 0
+        # The hub's newest delivered id when this subscriber registered, if the hub was
+        # current then (set by ``Hub.subscribe``): every event after it reaches the
+        # subscriber, so a stream without a cursor starts there without asking the database.
+        self.origin: int | None = None
         self.closed: str | None = None
         self.heartbeat_due = False
         # Set while the server's write buffer for this client is full (see
@@ -104,6 +107,8 @@ class Subscriber:
         if self.closed:
             return
         self.closed = reason
+        if reason == "too-slow":
+            metrics.SLOW_CLIENT_DISCONNECTS.inc()
         self.frames.clear()
         self._wake()
         if self.sending and reason == "too-slow" and self.task is not None:
@@ -182,6 +187,12 @@ class Hub:
         self.presence_key = uuid.uuid4().hex
         # Set by ``drain()``: the process is shutting down, streams are ending.
         self.draining = False
+        # Broker subscriptions established (RESYNCs seen): each after the first is a
+        # reconnect, and a subscription found down is a fallback to polling once per
+        # subscription, however briefly it was up.
+        self._subscriptions = 0
+        # Whether what was published before the current subscription has been read.
+        self._synced = False
         self._emptied = asyncio.Event()
         self._tasks = [
             self.loop.create_task(self._supervise(self._start), name="notify-hub-start"),
@@ -201,8 +212,8 @@ class Hub:
         except TimeoutError as exc:
             raise HubUnavailable("the database could not be read") from exc
         subscriber = Subscriber(tuple(channels), self.loop.time(), user_id)
-        assert self.last_id is not None  # set before ``ready``
-        subscriber.origin = self.last_id
+        if self.current():
+            subscriber.origin = self.last_id
         for channel in subscriber.channels:
             self.by_channel.setdefault(channel, set()).add(subscriber)
         self.subscribers.add(subscriber)
@@ -213,6 +224,14 @@ class Hub:
             # It passed the check for draining before the drain began: it ends at once.
             subscriber.close("shutdown")
         return subscriber
+
+    def current(self) -> bool:
+        """Whether ``last_id`` is the newest committed id, give or take notices in flight:
+        the broker's subscription is up and what came before it was read. Not so while a
+        subscription starts or is down, nor with a broker that polls (notices of other
+        processes then come only every POLL_SECONDS)."""
+        broker = self.broker
+        return self._synced and broker.connected and not broker.polls
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         subscriber.close("unsubscribed")
@@ -313,6 +332,12 @@ class Hub:
             limit = notify_settings.MAX_BUFFER
             for subscriber in streams:
                 subscriber.push(notice, limit)
+            # Measured once per event, never per stream: this loop is the hot path.
+            metrics.EVENTS_DELIVERED.inc(len(streams))
+            created = created_timestamp(notice.frame)
+            if created is not None:
+                # The publisher's clock against this one's: a negative figure is clock skew.
+                metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - created))
 
     def _schedule_gap_fill(self, immediately: bool = False) -> None:
         if self._gap_task is not None and not self._gap_task.done():
@@ -389,9 +414,14 @@ class Hub:
                 # streams write what they have before more piles up in their buffers.
                 await asyncio.sleep(0)
             if isinstance(item, Resync):
+                if self._subscriptions:
+                    metrics.BROKER_RECONNECTS.inc()
+                self._subscriptions += 1
                 # Subscribed (again): what was published before is read from the database.
+                self._synced = False
                 await asyncio.shield(self.ready)
                 await self.fill()
+                self._synced = True
                 continue
             if isinstance(item, Revocation):
                 self.revoke(item.user_id)
@@ -410,11 +440,18 @@ class Hub:
         and no later notice may come to reveal the gap."""
         loop = self.loop
         reconciled = loop.time()
+        # The subscription whose loss was counted (-1: none yet).
+        lost = -1
         while True:
             await asyncio.sleep(notify_settings.POLL_SECONDS)
             if self.last_id is None:
                 continue
-            watching = self.broker.polls or not self.broker.connected
+            # A broker that polls by design (the embedded one) never falls back.
+            subscription_down = not self.broker.polls and not self.broker.connected
+            if subscription_down and lost != self._subscriptions:
+                lost = self._subscriptions
+                metrics.POLLING_FALLBACKS.inc()
+            watching = self.broker.polls or subscription_down
             if watching or loop.time() - reconciled >= notify_settings.RECONCILE_SECONDS:
                 await self.fill()
                 reconciled = loop.time()
@@ -454,6 +491,17 @@ def get_hub() -> Hub:
     if hub is None:
         hub = _hubs[loop] = Hub(get_broker())
     return hub
+
+
+def open_streams() -> int:
+    """Streams open now in this process, over its hubs (one per event loop; a server has
+    one). Callable from any thread."""
+    while True:
+        try:
+            hubs = list(_hubs.values())
+        except RuntimeError:  # a hub was started on another thread meanwhile: read again
+            continue
+        return sum(len(hub.subscribers) for hub in hubs)
 
 
 def running_hub() -> Hub | None:

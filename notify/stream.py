@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
 
-from notify import history, shutdown, sse
+from notify import history, metrics, shutdown, sse
 from notify.broker import Notice
 from notify.conf import notify_settings
 from notify.db import db_call
@@ -125,7 +125,7 @@ class EventStream:
         first: list[Notice] = []
         oldest: int | None = None
         newest: int | None
-        if self.cursor is None:
+        if self.cursor is None and subscriber.origin is not None:
             # No database: the hub brings every event after the id it had reached when the
             # stream subscribed (1k streams opened at once are 1k queries fewer).
             newest = subscriber.origin
@@ -143,6 +143,7 @@ class EventStream:
             yield sse.open_frame(newest)
         elif cursor is None or cursor > newest:
             reason = "invalid-cursor" if cursor is None else "unknown-cursor"
+            metrics.RESETS.labels(reason=reason).inc()
             self.position = newest
             yield sse.reset_frame(reason, oldest, newest)
         else:
@@ -150,12 +151,14 @@ class EventStream:
                 # Retention deleted events after the cursor; replay what is left (the first
                 # batch holds ids above the cursor: those are above oldest - 1 as well).
                 cursor = oldest - 1
+                metrics.RESETS.labels(reason="history-gone").inc()
                 yield sse.reset_frame("history-gone", oldest, cursor)
+            metrics.REPLAYS.inc()
             self.position = cursor
             yield sse.catchup_start_frame(cursor)
             if first:
                 self.position = first[-1].id
-                self.replayed += len(first)
+                self._count_replayed(len(first))
                 yield b"".join(notice.frame for notice in first)
             if len(first) == batch or subscriber.lost:
                 async for chunk in self._from_database():
@@ -182,10 +185,15 @@ class EventStream:
             rows = await db_call(replay, subscriber.channels, self.position, batch)
             if rows:
                 self.position = rows[-1].id
-                self.replayed += len(rows)
+                self._count_replayed(len(rows))
                 yield b"".join(notice.frame for notice in rows)
             if len(rows) < batch and not subscriber.lost:
                 return
+
+    def _count_replayed(self, count: int) -> None:
+        """Note ``count`` events sent from the database (a batch: not one call per event)."""
+        self.replayed += count
+        metrics.EVENTS_REPLAYED.inc(count)
 
     async def _live(self) -> AsyncIterator[bytes]:
         subscriber = self.subscriber

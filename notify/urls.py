@@ -9,4 +9,6 @@ urlpatterns = [
     path("stream/", views.stream, name="stream"),
     path("publish/", views.publish, name="publish"),
     path("history/", views.history, name="history"),
+    path("health/", views.health, name="health"),
+    path("metrics/", views.metrics, name="metrics"),
 ]

@@ -907,3 +907,25 @@ def test_the_handler_freezes_the_startup_heap_once_unless_told_not_to(freeze):
     assert before == 0
     # Django's loaded modules, settings and models: tens of thousands of objects.
     assert (after > 10_000) if freeze else (after == 0)
+
+
+def test_no_cursor_opens_where_the_hub_is_with_redis_and_misses_nothing_after(
+    start_server: Any,
+):
+    """With its Redis subscription up and read up to, the hub knows the newest id: a stream
+    without a cursor opens there without a query. An event stored with no notice, which the
+    hub has not reached, is therefore after the stream's start, and comes once the hub
+    reads it (here: a later notice reveals the gap)."""
+    # No reconcile read during the test: the gap must be what brings the silent event.
+    server = start_server(RECONCILE_SECONDS=600)
+    with SSEClient(stream_url(server, "a")) as first:
+        assert first.next().event == "notify.open"
+        seen = notify.publish("a", "seen")
+        assert first.next().id == str(seen.id)  # the hub is subscribed and current
+        silent = Event.objects.create(channel="a", data="no notice")
+        with SSEClient(stream_url(server, "a")) as second:
+            opened = second.next()
+            assert (opened.event, opened.id) == ("notify.open", str(seen.id))
+            later = notify.publish("a", "later")
+            assert [second.next().id for _ in range(2)] == [str(silent.id), str(later.id)]
+        assert [first.next().id for _ in range(2)] == [str(silent.id), str(later.id)]

@@ -236,6 +236,33 @@ def test_w003_short_publish_tokens(settings):
 
 
 @pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("", "an empty string"),
+        (["a-secret-token"], "a value of type list"),
+        (b"a-secret-token", "a value of type bytes"),
+        (42, "a value of type int"),
+    ],
+)
+def test_e015_metrics_token_must_be_none_or_a_non_empty_string(settings, value, shown):
+    with with_notify(settings, METRICS_TOKEN=value):
+        messages = check_settings()
+        assert ids(messages) == ["notify.E015"]
+        assert messages[0].msg == (
+            f'NOTIFY["METRICS_TOKEN"] must be None or a non-empty string, not {shown}.'
+        )
+        # A secret in the wrong shape is not printed by manage.py check.
+        assert "a-secret-token" not in messages[0].msg + messages[0].hint
+        assert ids(notify_messages()) == ["notify.E015"]
+
+
+@pytest.mark.parametrize("value", [None, "t", "a-long-random-token"])
+def test_no_message_for_a_metrics_token_that_is_none_or_a_string(settings, value):
+    with with_notify(settings, METRICS_TOKEN=value):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize(
     ("path", "reason"),
     [
         ("tests.nowhere.policy", "cannot be imported"),

@@ -71,8 +71,11 @@ class SideStream:
             )
 
     def tick(self, data: Any = "tick") -> Event:
+        """Publish one event and wait until the side stream has it: the server's hub has
+        then reached it, and a stream opened next without a cursor starts there."""
         event = notify.publish(SIDE, data)
         self.published.append(event.id)
+        self.wait_for(1 + len(self.published))
         return event
 
     def assert_got_everything(self) -> None:

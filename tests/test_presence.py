@@ -1,5 +1,5 @@
-"""notify.presence: open streams per channel, reported by every process's hub, expiring
-when a process goes away."""
+"""notify.presence and notify.audience.stream_counts: open streams per channel, reported by
+every process's hub, expiring when a process goes away."""
 
 import asyncio
 import os
@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.test import override_settings
 
+import notify
+from notify.audience import stream_counts
 from notify.broker import get_broker
 from notify.hub import Hub
-from notify.presence import stream_counts
 from tests.conftest import SSEClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -77,3 +79,36 @@ def test_redis_sums_every_process_and_forgets_a_killed_one(start_server):
 def test_no_counts_when_redis_is_unreachable(settings):
     with override_settings(NOTIFY={**settings.NOTIFY, "REDIS_URL": "redis://127.0.0.1:1/0"}):
         assert stream_counts(["news"]) is None
+
+
+def test_presence_is_the_open_streams_of_one_channel_over_every_process(start_server):
+    first = start_server(PRESENCE_SECONDS=0.2)
+    second = start_server(PRESENCE_SECONDS=0.2)
+    with (
+        SSEClient(f"{first.url}/notify/stream/?channel=news") as a,
+        SSEClient(f"{second.url}/notify/stream/?channel=news&channel=sport") as b,
+    ):
+        assert a.next().event == b.next().event == "notify.open"
+        eventually(lambda: notify.presence("news"), 2)
+        assert notify.presence("sport") == 1
+        assert notify.presence("nobody-here") == 0
+    eventually(lambda: notify.presence("news"), 0)
+
+
+def test_presence_is_none_when_redis_is_unreachable(settings):
+    with override_settings(NOTIFY={**settings.NOTIFY, "REDIS_URL": "redis://127.0.0.1:1/0"}):
+        assert notify.presence("news") is None
+
+
+def test_presence_refuses_a_channel_no_stream_can_be_open_on():
+    with pytest.raises(ValidationError, match='channel "a b"'):
+        notify.presence("a b")
+
+
+def test_presence_stays_the_function_once_the_module_behind_it_is_imported():
+    # Importing a submodule sets it as an attribute of its package: a module named
+    # notify/presence.py would replace the function as soon as anything imported it.
+    import notify.audience
+
+    assert callable(notify.presence)
+    assert notify.presence.__module__ == "notify"

@@ -86,6 +86,12 @@ class Broker(abc.ABC):
             type(self).__name__,
         )
 
+    async def ping(self) -> None:  # noqa: B027 (optional, see the docstring)
+        """Return once the broker answered; raise (any exception) when it cannot be reached.
+        For ``/notify/health/``, which gives up after a short time (``asyncio.timeout``).
+        The default answers at once: right for a broker that holds no connection (the
+        embedded one)."""
+
     async def report_presence(  # noqa: B027 (optional: a broker that cannot count ignores it)
         self, key: str, counts: Mapping[str, int], ttl: float
     ) -> None:

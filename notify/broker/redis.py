@@ -40,7 +40,7 @@ class RedisBroker(Broker):
         self._client_lock = threading.Lock()
         self.presence_prefix = f"{prefix}:presence:"
         self.owners_prefix = f"{prefix}:streams:"
-        # One connection per event loop for presence reports (a hub lives on one loop).
+        # One client per event loop for presence reports and pings (a hub lives on one loop).
         self._presence_clients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, aioredis.Redis
         ] = weakref.WeakKeyDictionary()
@@ -100,6 +100,10 @@ class RedisBroker(Broker):
                 exc,
                 _SKIP_AFTER_FAILURE,
             )
+
+    async def ping(self) -> None:
+        """PING, on the client of the running event loop (no new connection per call)."""
+        await self._presence_client().ping()
 
     async def report_presence(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
         await self._replace_report(f"{self.presence_prefix}{key}", counts, ttl)
