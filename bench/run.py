@@ -7,7 +7,7 @@ Every target runs on one PostgreSQL: a private cluster the run starts (``bench.p
 ``max_connections=1200``, since django-eventstream holds a connection per open stream) and
 removes at the end, or the server of ``DATABASE_URL`` when it is set.
 
-    python -m bench.run                 # everything, the issue's sizes (about 30 min)
+    python -m bench.run                 # everything, the issue's sizes (about 7 min here)
     python -m bench.run --quick         # small sizes, a few minutes: does it all run?
     python -m bench.run --only latency --only idle
 """
