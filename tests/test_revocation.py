@@ -67,6 +67,16 @@ def ended_within(stream: SSEClient, seconds: float) -> float:
     return took
 
 
+def subscribed(streams: list[SSEClient], channel: str) -> None:
+    """Wait until an event published now on ``channel`` reached every stream: their servers'
+    Redis subscriptions are then up. A revocation is a pub/sub message and is not stored, so
+    one published while a server was still subscribing would never reach it (README, "The
+    stream")."""
+    event = notify.publish(channel, "subscribed")
+    for stream in streams:
+        assert stream.next().id == str(event.id)
+
+
 def logged_in(user: User) -> tuple[Client, dict[str, str]]:
     client = Client()
     client.force_login(user)
@@ -94,6 +104,7 @@ def test_revoke_ends_the_users_streams_on_every_server(servers: list[Server]):
     try:
         for stream in [*streams, bobs, anonymous]:
             assert stream.next().event == "notify.open"
+        subscribed([*streams, bobs, anonymous], "broadcast")
         start = time.monotonic()
         notify.revoke(alice)
         for stream in streams:
@@ -141,6 +152,7 @@ def test_logging_out_ends_the_users_streams(servers: list[Server]):
     try:
         for stream in streams:
             assert stream.next().event == "notify.open"
+        subscribed(streams, f"user:{alice.pk}")
         # django.contrib.auth.logout, which sends user_logged_out and ends the session.
         client.logout()
         for stream in streams:
@@ -157,6 +169,7 @@ def test_the_admins_logout_view_ends_the_streams(start_server: StartServer):
     client, cookie = logged_in(boss)
     with SSEClient(stream_url(server, "staff:alerts"), headers=cookie) as stream:
         assert stream.next().event == "notify.open"
+        subscribed([stream], "staff:alerts")
         assert client.post("/admin/logout/").status_code == 200
         ended_within(stream, 1.0)
 
