@@ -9,6 +9,7 @@ urlpatterns = [
     path("stream/", views.stream, name="stream"),
     path("publish/", views.publish, name="publish"),
     path("history/", views.history, name="history"),
+    path("presence/", views.presence, name="presence"),
     path("health/", views.health, name="health"),
     path("metrics/", views.metrics, name="metrics"),
 ]

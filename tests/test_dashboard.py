@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
-from django.test import Client
+from django.test import Client, override_settings
 from playwright.sync_api import Page, Request, expect
 
 import notify
 from notify.api import prepare, publish_many
 from notify.models import Event
-from tests.conftest import ROOT, Server, StartServer, manage
+from tests.conftest import REDIS_PREFIX, ROOT, Server, SSEClient, StartServer, manage
 
 DASHBOARD = "/notify/"
 # What the page shows for a value it does not have (an en dash).
@@ -66,6 +68,8 @@ def test_anonymous_users_watch_broadcast_and_cannot_publish(client: Client) -> N
         "channels": ["broadcast"],
         "publish_url": None,
         "can_publish": False,
+        "presence_url": "/notify/presence/",
+        "presence_seconds": 5.0,
     }
     assert b"notify-publish-form" not in response.content
     assert b'src="/static/notify/dashboard.js"' in response.content
@@ -102,6 +106,47 @@ def test_channels_the_policy_refuses_are_left_out(client: Client, settings: Any)
     response = client.get(DASHBOARD)
     assert page_config(response)["channels"] == [f"user:{user.pk}"]
     assert b"Not subscribed to broadcast" in response.content
+
+
+def isolated_presence() -> dict[str, Any]:
+    """NOTIFY overrides for a server whose presence reports no other test's server shares
+    (those of a stopped server linger for three intervals), reported every 0.2 s."""
+    return {"REDIS_PREFIX": f"{REDIS_PREFIX}-{uuid.uuid4().hex[:8]}", "PRESENCE_SECONDS": 0.2}
+
+
+def listening(response: Any) -> list[tuple[str, str]]:
+    """The channels the page lists, each with what it says of who is listening."""
+    return re.findall(
+        r'<span class="notify-presence" data-channel="([^"]+)"[^>]*>([^<]*)</span>',
+        response.content.decode(),
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_page_comes_with_the_streams_open_on_its_channels(
+    client: Client, start_server: StartServer, settings: Any
+) -> None:
+    isolated = isolated_presence()
+    server = start_server(**isolated)
+    settings.NOTIFY = {**settings.NOTIFY, "REDIS_PREFIX": isolated["REDIS_PREFIX"]}
+    user = make_user("reader", can_publish=False)
+    client.force_login(user)
+    with SSEClient(f"{server.url}/notify/stream/?channel=broadcast") as stream:
+        assert stream.next().event == "notify.open"
+        # A server reports at once, then every PRESENCE_SECONDS.
+        deadline = time.monotonic() + 5
+        while (shown := listening(client.get(DASHBOARD)))[0] != ("broadcast", "1 listening"):
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.05)
+    assert shown == [("broadcast", "1 listening"), (f"user:{user.pk}", "0 listening")]
+
+
+@pytest.mark.django_db
+def test_the_page_says_unknown_when_the_broker_cannot_tell(client: Client, settings: Any) -> None:
+    with override_settings(NOTIFY={**settings.NOTIFY, "REDIS_URL": "redis://127.0.0.1:1/0"}):
+        response = client.get(DASHBOARD)
+    assert response.status_code == 200
+    assert listening(response) == [("broadcast", "unknown")]
 
 
 @pytest.mark.django_db
@@ -200,7 +245,7 @@ def test_live_events(server: Server, page: Page, transport: str) -> None:
     open_dashboard(page, server, transport)
     expect(page.locator("#notify-transport")).to_have_value(transport)
     expect(page.locator("#notify-status-text")).to_have_text("open")
-    expect(page.locator("#notify-channels li")).to_have_text(["broadcast"])
+    expect(page.locator("#notify-channels code")).to_have_text(["broadcast"])
     published = [notify.publish("broadcast", {"n": n}) for n in range(3)]
     notify.publish("elsewhere", {"not": "subscribed"})
     shown = wait_for_event_lines(page, 3)
@@ -326,7 +371,7 @@ def test_publishing_from_the_page(server: Server, page: Page) -> None:
     log_in(page, server, user)
     # EventSource hears only the types it listens to: the page listens to what it publishes.
     open_dashboard(page, server, "eventsource")
-    expect(page.locator("#notify-channels li")).to_have_text(["broadcast", f"user:{user.pk}"])
+    expect(page.locator("#notify-channels code")).to_have_text(["broadcast", f"user:{user.pk}"])
 
     page.fill("#notify-publish-channel", f"user:{user.pk}")
     page.fill("#notify-publish-event", "greeting")
@@ -501,6 +546,41 @@ def test_the_log_keeps_the_newest_500_lines(server: Server, page: Page) -> None:
     assert len(shown) == 500
     assert shown[-1]["id"] == published[-1].id
     assert counters(page)["live"] == 520
+
+
+@in_browser
+def test_the_page_shows_who_is_listening_as_streams_come_and_go(
+    start_server: StartServer, page: Page
+) -> None:
+    server = start_server(**isolated_presence())
+    open_dashboard(page, server)
+    figure = page.locator('.notify-presence[data-channel="broadcast"]')
+    # The page's own stream counts.
+    expect(figure).to_have_text("1 listening")
+    others = [SSEClient(f"{server.url}/notify/stream/?channel=broadcast") for _ in range(2)]
+    try:
+        for other in others:
+            assert other.next().event == "notify.open"
+        expect(figure).to_have_text("3 listening")
+    finally:
+        for other in others:
+            other.close()
+    expect(figure).to_have_text("1 listening")
+
+
+@in_browser
+def test_the_page_says_unknown_when_redis_is_unreachable(
+    start_server: StartServer, page: Page
+) -> None:
+    server = start_server(redis="redis://127.0.0.1:1/0", PRESENCE_SECONDS=0.2)
+    open_dashboard(page, server)
+    figure = page.locator('.notify-presence[data-channel="broadcast"]')
+    expect(figure).to_have_text("unknown")
+    # Refreshed, and still not taken for nobody.
+    with page.expect_response(re.compile(r"/notify/presence/\?channel=broadcast$")) as answer:
+        pass
+    assert answer.value.json() == {"broadcast": None}
+    expect(figure).to_have_text("unknown")
 
 
 # --- screenshots --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""``GET /notify/``: a page that watches the stream live — status, counters, a log that marks
-replayed events, a chart of events per second — and, for users who may publish, a form that
-posts to the publish API.
+"""``GET /notify/``: a page that watches the stream live — status, counters, how many streams
+are open on each of its channels, a log that marks replayed events, a chart of events per
+second — and, for users who may publish, a form that posts to the publish API.
 
 The view only decides what the page is given; ``notify/dashboard.js`` does the rest in the
 browser with ``notify/notify.js``.
@@ -16,7 +16,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_safe
 
 from notify import authorization
+from notify.conf import notify_settings
 from notify.stream import DEFAULT_CHANNEL
+from notify.views.presence import counts_or_unknown
 from notify.views.publish import PERMISSION
 
 
@@ -35,9 +37,20 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "channels": channels,
         "publish_url": reverse("notify:publish") if can_publish else None,
         "can_publish": can_publish,
+        # The page asks again as often as the processes report (no sooner: nothing new).
+        "presence_url": reverse("notify:presence"),
+        "presence_seconds": notify_settings.PRESENCE_SECONDS,
     }
+    # Rendered with the page, so that the counts show before the first refresh.
+    listening = counts_or_unknown(channels) if channels else {}
     return render(
         request,
         "notify/dashboard.html",
-        {"config": config, "channels": channels, "refused": refused, "can_publish": can_publish},
+        {
+            "config": config,
+            "channels": channels,
+            "listening": list(listening.items()),
+            "refused": refused,
+            "can_publish": can_publish,
+        },
     )

@@ -186,6 +186,44 @@ function showStatus(state, info) {
   showButtons(state);
 }
 
+// --- who is listening ------------------------------------------------------------------
+
+function showListening(counts) {
+  for (const element of document.querySelectorAll(".notify-presence")) {
+    const count = counts[element.dataset.channel];
+    // null is the server's "cannot tell": never shown as 0.
+    element.textContent = Number.isInteger(count) ? `${count} listening` : "unknown";
+  }
+}
+
+async function refreshListening() {
+  const url = new URL(config.presence_url, window.location.href);
+  for (const channel of config.channels) {
+    url.searchParams.append("channel", channel);
+  }
+  let counts = {};
+  try {
+    const response = await fetch(url, { credentials: "same-origin" });
+    if (response.ok) {
+      counts = await response.json();
+    }
+  } catch {
+    // The server cannot be reached: the counts are unknown until it answers again.
+  }
+  showListening(counts);
+}
+
+function pollListening() {
+  // The processes report every presence_seconds: asking sooner would tell nothing new.
+  // Chained rather than on an interval, so that a slow answer never overlaps the next.
+  const again = () => setTimeout(pollListening, config.presence_seconds * 1000);
+  if (document.hidden) {
+    again();
+  } else {
+    refreshListening().finally(again);
+  }
+}
+
 // --- events per second ------------------------------------------------------------------
 
 // One bucket per second, the newest last; `chartSecond` is the second of the newest.
@@ -430,6 +468,8 @@ setInterval(() => {
 if (config.channels.length) {
   ui.transport.value = chosenTransport();
   startClient(ui.transport.value);
+  // The page came with the counts: the first refresh is due one interval later.
+  setTimeout(pollListening, config.presence_seconds * 1000);
 } else {
   showStatus("closed");
   for (const control of [ui.connect, ui.disconnect, ui.reconnect, ui.clearHistory, ui.transport]) {
