@@ -164,6 +164,27 @@ def publish_section(runs: list[dict[str, Any]]) -> str:
     return table(["how", "events/s", "ordering intact"], rows)
 
 
+def pubsub_section(runs: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in runs:
+        for m in r["runs"]:
+            rows.append(
+                (
+                    m["subscribers"],
+                    m["published_per_second"],
+                    m["delivered_per_second_slowest"],
+                    f"{m['redis_busy']:.0%}" if "redis_busy" in m else "—",
+                    m.get("redis_cpu_us_per_publish"),
+                    m.get("redis_cpu_us_per_delivery"),
+                    m.get("redis_ceiling_publishes_per_second"),
+                    "yes" if m["all_delivered"] else "NO",
+                )
+            )
+    header = ["subscribers", "notices/s", "delivered/s (slowest)", "Redis busy"]
+    header += ["Redis µs/notice", "Redis µs/delivery", "Redis ceiling notices/s", "all?"]
+    return table(header, rows)
+
+
 def bars(ax: Any, names: Sequence[str], series: dict[str, Sequence[float]]) -> None:
     """One group of bars per name, one bar per series in each, labelled under the group."""
     width = 0.8 / len(series)
@@ -241,6 +262,7 @@ SECTIONS = {
     "replay": ("Replay: one client 10,000 events behind (item 4)", replay_section),
     "storm": ("Reconnect storm (item 4)", storm_section),
     "publish": ("Publish throughput, PostgreSQL, ordering on (item 5)", publish_section),
+    "pubsub": ("Redis pub/sub, one channel, one subscription per process", pubsub_section),
 }
 
 

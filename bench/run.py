@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import accept, idle, latency, publish, replay, storm
+from bench import accept, idle, latency, publish, pubsub, replay, storm
 from bench.common import ROOT, ensure_database
 from bench.postgres import describe, exit_on_sigterm, private_cluster
 from bench.targets import all_targets, services
@@ -46,6 +46,7 @@ def sizes(quick: bool) -> dict[str, Any]:
             "replay": 2000,
             "storm": (200, 100),
             "publish": (500, 5000),
+            "pubsub": 1.0,
         }
     return {
         "idle": [1000, 10_000],
@@ -56,6 +57,8 @@ def sizes(quick: bool) -> dict[str, Any]:
         "replay": 10_000,
         "storm": (1000, 100),
         "publish": (5000, 100_000),
+        # seconds per count of subscribers
+        "pubsub": 3.0,
     }
 
 
@@ -145,6 +148,11 @@ def scenarios(quick: bool) -> dict[str, Callable[[], list[dict[str, Any]]]]:
             )
         ]
 
+    def pubsub_runs() -> list[dict[str, Any]]:
+        # On a Redis of its own, not the run's: Redis's CPU is the figure, and a shared
+        # server's other clients would be counted in it.
+        return [pubsub.run(seconds=size["pubsub"])]
+
     return {
         "idle": idle_runs,
         "latency": latency_runs,
@@ -152,6 +160,7 @@ def scenarios(quick: bool) -> dict[str, Callable[[], list[dict[str, Any]]]]:
         "replay": replay_runs,
         "storm": storm_runs,
         "publish": publish_runs,
+        "pubsub": pubsub_runs,
     }
 
 
