@@ -8,7 +8,8 @@ pool) and Redis.
 ``DJANGO_DEBUG=0`` turns DEBUG off; the project then refuses to start unless
 ``DJANGO_SECRET_KEY`` holds a key of its own (see SECURITY.md), and sends its cookies over
 HTTPS only. ``NOTIFY_PUBLISH_TOKENS`` (whitespace-separated) sets the publish API's tokens,
-``DJANGO_STATIC_ROOT`` the directory ``collectstatic`` fills.
+``NOTIFY_METRICS_TOKEN`` the metrics' bearer token, ``DJANGO_STATIC_ROOT`` the directory
+``collectstatic`` fills.
 """
 
 import os
@@ -106,6 +107,8 @@ NOTIFY = {
     # None runs the embedded broker: fine for one server process.
     "REDIS_URL": os.environ.get("REDIS_URL") or None,
     "PUBLISH_TOKENS": os.environ.get("NOTIFY_PUBLISH_TOKENS", "").split(),
+    # Prometheus's bearer token for /notify/metrics/ (staff users read it either way).
+    "METRICS_TOKEN": os.environ.get("NOTIFY_METRICS_TOKEN") or None,
 }
 
 # Without DEBUG the demo is meant to be served over HTTPS (see SECURITY.md).
