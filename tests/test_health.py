@@ -3,6 +3,7 @@ notify.health.TIMEOUT_SECONDS, with the streams open in the process."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -36,6 +37,9 @@ class SilentListener:
                 return
 
     def close(self) -> None:
+        # close() alone does not wake a thread blocked in accept() on Linux; shutdown does.
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_RDWR)
         self.socket.close()
         for conn in self.accepted:
             conn.close()
