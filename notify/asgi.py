@@ -139,14 +139,15 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
     # under a limit: counting is a broker round trip (each process's opens take turns for
     # it), and with no limit to compare with it serves nothing.
     owner, limit = limits.owner(access.user_id, limits.client_address(scope))
-    counter = None if limit is None else limits.get_counter()
-    if counter is not None and not await counter.acquire(owner, limit):
-        assert limit is not None
-        retry_after = str(limits.RETRY_AFTER).encode()
-        await _plain_response(
-            send, 429, limits.refusal(owner, limit), [(b"retry-after", retry_after)]
-        )
-        return
+    counter = None
+    if limit is not None:
+        counter = limits.get_counter()
+        if not await counter.acquire(owner, limit):
+            retry_after = str(limits.RETRY_AFTER).encode()
+            await _plain_response(
+                send, 429, limits.refusal(owner, limit), [(b"retry-after", retry_after)]
+            )
+            return
     hub = get_hub()
     try:
         subscriber = await hub.subscribe(request.channels, access.user_id)

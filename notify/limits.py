@@ -72,13 +72,14 @@ class StreamCounter:
             self._refresh(), name="notify-stream-counts"
         )
 
-    async def acquire(self, name: str, limit: int | None) -> bool:
+    async def acquire(self, name: str, limit: int) -> bool:
         """Count a new stream of ``name``; False (and nothing counted) when that would be
-        more than ``limit`` streams over every process (None: no limit)."""
+        more than ``limit`` streams over every process. A stream with no limit is not
+        counted at all (``notify.asgi``)."""
         async with self.lock:
             self.counts[name] += 1
-            total = await self._change_and_count(name, 1, count=limit is not None)
-        if limit is not None and total > limit:
+            total = await self._change_and_count(name, 1)
+        if total > limit:
             self.release(name)
             return False
         return True
