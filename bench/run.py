@@ -79,8 +79,11 @@ def scenarios(quick: bool) -> dict[str, Callable[[], list[dict[str, Any]]]]:
     targets = all_targets()
     # The scenarios that start notify themselves (not through a Target) get the same ones.
     env = services()
-    database_url, redis_url = env["DATABASE_URL"], env["REDIS_URL"]
-    redis_prefix = env["BENCH_REDIS_PREFIX"]
+    service = {
+        "database_url": env["DATABASE_URL"],
+        "redis_url": env["REDIS_URL"],
+        "redis_prefix": env["BENCH_REDIS_PREFIX"],
+    }
     servers = [targets[name] for name in SERVERS]
     peer = targets.get(PEER)
 
@@ -112,41 +115,18 @@ def scenarios(quick: bool) -> dict[str, Callable[[], list[dict[str, Any]]]]:
 
     def replay_runs() -> list[dict[str, Any]]:
         return [
-            replay.run(
-                size["replay"],
-                server=server,
-                database_url=database_url,
-                redis_url=redis_url,
-                redis_prefix=redis_prefix,
-            )
-            for server in ("daphne", "uvicorn")
+            replay.run(size["replay"], server=server, **service) for server in ("daphne", "uvicorn")
         ]
 
     def storm_runs() -> list[dict[str, Any]]:
         clients, behind = size["storm"]
         return [
-            storm.run(
-                clients,
-                behind,
-                server=server,
-                database_url=database_url,
-                redis_url=redis_url,
-                redis_prefix=redis_prefix,
-            )
-            for server in ("daphne", "uvicorn")
+            storm.run(clients, behind, server=server, **service) for server in ("daphne", "uvicorn")
         ]
 
     def publish_runs() -> list[dict[str, Any]]:
         count, bulk = size["publish"]
-        return [
-            publish.run(
-                count,
-                bulk,
-                database_url=database_url,
-                redis_url=redis_url,
-                redis_prefix=redis_prefix,
-            )
-        ]
+        return [publish.run(count, bulk, **service)]
 
     def pubsub_runs() -> list[dict[str, Any]]:
         # On a Redis of its own, not the run's: Redis's CPU is the figure, and a shared
