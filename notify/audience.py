@@ -21,6 +21,13 @@ def stream_counts(channels: Sequence[str]) -> dict[str, int] | None:
     return get_broker().stream_counts(list(dict.fromkeys(channels)))
 
 
+def counts_or_unknown(channels: Sequence[str]) -> dict[str, int | None]:
+    """The open streams per channel of ``channels``, each None when the broker cannot tell
+    (never 0 for "unknown")."""
+    counts = stream_counts(channels)
+    return {channel: None if counts is None else counts[channel] for channel in channels}
+
+
 def presence(channel: str) -> int | None:
     """Open streams on ``channel`` now, over every server process; None when the broker
     cannot tell (Redis unreachable, or a custom broker that does not count). Raises
@@ -28,5 +35,4 @@ def presence(channel: str) -> int | None:
     Blocks while it reads Redis (a SCAN and one read per server process): call it through
     ``sync_to_async`` from async code."""
     name = validate_channel(channel)
-    counts = stream_counts([name])
-    return None if counts is None else counts[name]
+    return counts_or_unknown([name])[name]

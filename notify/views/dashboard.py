@@ -16,9 +16,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_safe
 
 from notify import authorization
+from notify.audience import counts_or_unknown
 from notify.conf import notify_settings
 from notify.stream import DEFAULT_CHANNEL
-from notify.views.presence import counts_or_unknown
 from notify.views.publish import PERMISSION
 
 

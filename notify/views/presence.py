@@ -14,14 +14,12 @@ channel, so only those who may read it learn it. The figures lag by up to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from notify import authorization
-from notify.audience import stream_counts
+from notify.audience import counts_or_unknown
 from notify.stream import parse_channels
 from notify.views.responses import json_error, method_not_allowed
 
@@ -47,9 +45,3 @@ def _answer(request: HttpRequest) -> HttpResponse:
     if refused:
         return json_error(403, authorization.describe_refusal(refused), channels=refused)
     return JsonResponse(counts_or_unknown(channels))
-
-
-def counts_or_unknown(channels: Sequence[str]) -> dict[str, int | None]:
-    """The open streams per channel of ``channels``, each None when the broker cannot tell."""
-    counts = stream_counts(channels)
-    return {channel: None if counts is None else counts[channel] for channel in channels}
