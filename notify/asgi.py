@@ -22,24 +22,24 @@ import contextlib
 import functools
 import gc
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qsl
 
-from django.apps import apps
-from django.conf import settings
-from django.contrib.auth import get_user
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest
-from django.http.cookie import parse_cookie
 from django.urls import Resolver404, resolve
 
-from notify import authorization, cors, limits, shutdown
+from notify import cors, limits, shutdown
+from notify.admission import Refused, admitted, header
 from notify.backpressure import flow_control
 from notify.conf import notify_settings
-from notify.db import db_call
-from notify.hub import HubUnavailable, get_hub
-from notify.stream import HEADERS, EventStream, first_frame, parse_stream_request
+from notify.hub import Subscriber
+from notify.stream import (
+    HEADERS,
+    EventStream,
+    StreamRequest,
+    first_frame,
+    parse_stream_request,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -111,7 +111,7 @@ def is_stream_path(path: str) -> bool:
 
 
 async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
-    origin = _header(scope, b"origin")
+    origin = header(scope, b"origin")
     preflight = cors.preflight_headers(origin) if scope["method"] == "OPTIONS" else None
     if preflight is not None:
         await send({"type": "http.response.start", "status": 204, "headers": _encode(preflight)})
@@ -120,7 +120,7 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["method"] != "GET":
         await _plain_response(send, 405, "Streams are read with GET.", [(b"allow", b"GET")])
         return
-    last_event_id = _header(scope, b"last-event-id")
+    last_event_id = header(scope, b"last-event-id")
     params = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     try:
         request = parse_stream_request(params, last_event_id)
@@ -131,35 +131,23 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
     if shutdown.draining():
         await _reconnect_elsewhere(send, origin, request.cursor)
         return
-    access = await _check_access(scope, request.channels)
-    if access.refused:
-        await _plain_response(send, 403, authorization.describe_refusal(access.refused))
-        return
-    # Counted before subscribing; released in the ``finally`` below once subscribed. Only
-    # under a limit: counting is a broker round trip (each process's opens take turns for
-    # it), and with no limit to compare with it serves nothing.
-    owner, limit = limits.owner(access.user_id, limits.client_address(scope))
-    counter = None
-    if limit is not None:
-        counter = limits.get_counter()
-        if not await counter.acquire(owner, limit):
-            retry_after = str(limits.RETRY_AFTER).encode()
-            await _plain_response(
-                send, 429, limits.refusal(owner, limit), [(b"retry-after", retry_after)]
-            )
-            return
-    hub = get_hub()
     try:
-        subscriber = await hub.subscribe(request.channels, access.user_id)
-    except BaseException as exc:
-        if counter is not None:
-            counter.release(owner)
-        if not isinstance(exc, HubUnavailable):
-            raise
-        await _plain_response(
-            send, 503, f"Streams are unavailable: {exc}.", [(b"retry-after", b"5")]
-        )
-        return
+        async with admitted(scope, request) as subscriber:
+            await _stream(receive, send, origin, request, subscriber)
+    except Refused as refusal:
+        extra = []
+        if refusal.retry_after is not None:
+            extra.append((b"retry-after", str(refusal.retry_after).encode()))
+        await _plain_response(send, refusal.status, refusal.reason, extra)
+
+
+async def _stream(
+    receive: Receive,
+    send: Send,
+    origin: str | None,
+    request: StreamRequest,
+    subscriber: Subscriber,
+) -> None:
     # The client leaving ends the stream at once, even while it waits for events.
     watcher = asyncio.ensure_future(_until_disconnect(receive))
     watcher.add_done_callback(lambda _: subscriber.close("client-gone"))
@@ -190,9 +178,6 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send) -> None:
     finally:
         if flow is not None:
             flow.detach()
-        hub.unsubscribe(subscriber)
-        if counter is not None:
-            counter.release(owner)
         watcher.cancel()
 
 
@@ -205,47 +190,6 @@ async def _reconnect_elsewhere(send: Send, origin: str | None, cursor: str | Non
     body = first_frame(shutdown.reconnect_delay(), cursor)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-async def _check_access(scope: Scope, channels: Sequence[str]) -> authorization.Access:
-    if authorization.is_open():
-        # Nobody's user is needed: opening a stream then reads no session and no user.
-        return authorization.Access([], None)
-    cookie_header = _cookie_header(scope)
-    if authorization.policy() is authorization.default_policy and not parse_cookie(
-        cookie_header
-    ).get(settings.SESSION_COOKIE_NAME):
-        # Nobody is logged in, and the default policy answers a visitor without the
-        # database: no thread-pool call (a reconnect storm of visitors costs one less each).
-        return authorization.check(authorization.anonymous_user(), channels)
-    # Once, before streaming, in one thread-pool call that then closes its connection (the
-    # policy may query the database too): an open stream holds no connection.
-    return await db_call(lambda: authorization.check(session_user(cookie_header), channels))
-
-
-def session_user(cookie_header: str) -> Any:
-    """The user logged in to the session named by a ``Cookie`` header, found as
-    ``AuthenticationMiddleware`` finds it; ``authorization.anonymous_user()`` when there is
-    none, or when ``django.contrib.auth`` or ``django.contrib.sessions`` is not installed.
-    Reads the database: call it through ``db_call``.
-
-    Streams are served before Django's middleware runs, so this does its work here.
-    """
-    if not (
-        apps.is_installed("django.contrib.auth") and apps.is_installed("django.contrib.sessions")
-    ):
-        return authorization.anonymous_user()
-    # get_user reads nothing of the request but its session.
-    request = HttpRequest()
-    session_key = parse_cookie(cookie_header).get(settings.SESSION_COOKIE_NAME)
-    request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-    return get_user(request)
-
-
-def _cookie_header(scope: Scope) -> str:
-    # HTTP/2 clients may split cookies over several headers; Django joins them likewise.
-    values = [bytes(value).decode("latin-1") for key, value in scope["headers"] if key == b"cookie"]
-    return "; ".join(values)
 
 
 async def _write(send: Send, body: bytes) -> None:
@@ -269,14 +213,6 @@ def _abort_connection(send: Send) -> None:
 async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    # HTTP header bytes are latin-1 by definition; nothing is lost decoding them. A header
-    # given twice is joined with "," as Django joins it, so that the fallback view reads a
-    # request as this handler does (two Last-Event-IDs are no valid cursor, not the first).
-    values = [bytes(value).decode("latin-1") for key, value in scope["headers"] if key == name]
-    return ",".join(values) if values else None
 
 
 async def _plain_response(

@@ -14,6 +14,11 @@ flushed to the socket. ``flow_control()`` registers such a producer on daphne's 
 request being a ``twisted.web.http.Request``); it turns pause/resume into
 ``Subscriber.pause()``/``resume()``, so a paused stream writes nothing and its events wait
 in the subscriber's buffer, bounded by MAX_BUFFER. Any other server gets nothing.
+
+A WebSocket under daphne is the same story one level down: ``send`` is
+``partial(server.handle_reply, protocol)`` with an autobahn protocol whose writes go to the
+TCP transport unbounded. ``websocket_flow_control()`` registers the producer on that
+transport itself (see there).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ logger = logging.getLogger("notify.backpressure")
 
 
 class FlowControl:
-    """A Twisted push producer (IPushProducer) for one daphne response."""
+    """A Twisted push producer (IPushProducer) for one daphne response (``request`` is its
+    ``twisted.web.http.Request``)."""
 
     __slots__ = ("request", "subscriber")
 
@@ -103,6 +109,71 @@ def flow_control(send: Callable[..., Any], subscriber: Subscriber) -> FlowContro
         register(producer, True)  # streaming: a push producer
     except Exception:
         # Not the Twisted API this was written for; run without (as before).
+        logger.warning("notify: could not register for daphne's flow control", exc_info=True)
+        return None
+    return producer
+
+
+class TransportFlowControl:
+    """A Twisted push producer for one daphne WebSocket, registered on its transport."""
+
+    __slots__ = ("subscriber", "transport")
+
+    def __init__(self, transport: Any, subscriber: Subscriber) -> None:
+        self.transport: Any = transport
+        self.subscriber = subscriber
+
+    def pauseProducing(self) -> None:
+        self.subscriber.pause()
+
+    def resumeProducing(self) -> None:
+        self.subscriber.resume()
+
+    def stopProducing(self) -> None:
+        self.subscriber.close("client-gone")
+
+    def detach(self) -> None:
+        """Unregister from the transport. Idempotent. A stalled client needs nothing more
+        here: the close frame the stream ends with waits behind what the transport holds,
+        and autobahn drops the connection when the close handshake times out."""
+        transport = self.transport
+        self.transport = None
+        if transport is not None and getattr(transport, "producer", None) is self:
+            transport.unregisterProducer()
+
+
+def websocket_flow_control(
+    send: Callable[..., Any], subscriber: Subscriber
+) -> TransportFlowControl | None:
+    """Pause ``subscriber`` while daphne's buffer for this WebSocket's client is full. None
+    under other servers (whose ``await send()`` applies backpressure itself), and over TLS
+    (a transport that does not say which producer it has)."""
+    if not (isinstance(send, functools.partial) and len(send.args) == 1 and not send.keywords):
+        return None
+    if getattr(send.func, "__name__", None) != "handle_reply":
+        return None
+    protocol = send.args[0]
+    if not callable(getattr(protocol, "sendMessage", None)):
+        return None  # not a WebSocket protocol
+    transport = getattr(protocol, "transport", None)
+    if transport is None or not hasattr(transport, "producer"):
+        return None
+    if not callable(getattr(transport, "registerProducer", None)):
+        return None
+    stale = transport.producer
+    if stale is not None:
+        # daphne upgrades an HTTP connection to a WebSocket by handing the HTTP channel's
+        # transport to the WebSocket protocol; the channel stays registered as the
+        # transport's producer, with no response left to pause. Take its place.
+        from twisted.web.http import HTTPChannel  # daphne's dependency: there, if daphne is
+
+        if not isinstance(stale, HTTPChannel):
+            return None  # someone else's producer: leave it be
+        transport.unregisterProducer()
+    producer = TransportFlowControl(transport, subscriber)
+    try:
+        transport.registerProducer(producer, True)
+    except Exception:
         logger.warning("notify: could not register for daphne's flow control", exc_info=True)
         return None
     return producer

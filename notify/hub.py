@@ -125,15 +125,12 @@ class Subscriber:
             frames.popleft()
         self.replaying = False
 
-    def take(self) -> bytes:
-        """Everything buffered, as one write."""
+    def take(self) -> list[Notice]:
+        """Everything buffered, for one write."""
         frames = self.frames
-        if len(frames) == 1:
-            data = frames[0].frame
-        else:
-            data = b"".join(notice.frame for notice in frames)
+        notices = list(frames)
         frames.clear()
-        return data
+        return notices
 
     def pause(self) -> None:
         """The client's connection takes no more writes for now."""

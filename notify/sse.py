@@ -78,6 +78,16 @@ def event_frame(event_id: int, event: str, data_line: str) -> bytes:
     return f"id: {event_id}\nevent: {event}\ndata: {data_line}\n\n".encode("ascii")
 
 
+_DATA_FIELD = b"\ndata: "
+
+
+def data_line(frame: bytes) -> str:
+    """The ``data:`` line of an event's frame (as ``event_frame`` builds it): its envelope."""
+    start = frame.index(_DATA_FIELD) + len(_DATA_FIELD)
+    # The frame is ASCII, and ends with the line's "\n" and the blank line's.
+    return frame[start:-2].decode("ascii")
+
+
 def stored_event_frame(
     event_id: int, channel: str, event: str, created: datetime, payload_json: str
 ) -> bytes:

@@ -1,7 +1,8 @@
 """One event stream: replay what the client missed since its cursor, then tail live events.
 
-Transport-agnostic: ``EventStream.body()`` yields the bytes to write; ``notify.asgi`` and
-``notify.views`` write them to an HTTP response.
+Transport-agnostic: ``EventStream.body()`` yields what to write, as its ``notify.wire``
+makes it: SSE bytes that ``notify.asgi`` and ``notify.views`` write to an HTTP response, or
+the text messages that ``notify.consumers`` sends over a WebSocket.
 
 The seam between replay and live is exact because the stream registers with the hub
 *before* it queries the database: every event committed after the query reaches the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import Any, Generic, overload
 
 from django.core.exceptions import ValidationError
 
@@ -24,6 +26,7 @@ from notify.db import db_call
 from notify.history import id_bounds, replay
 from notify.hub import Subscriber
 from notify.validation import parse_cursor, validate_channel
+from notify.wire import SSE, Chunk, Wire
 
 DEFAULT_CHANNEL = "broadcast"
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -86,19 +89,43 @@ def first_frame(retry_ms: int, cursor: str | None) -> bytes:
     return sse.retry_frame(retry_ms, None if cursor is None else parse_cursor(cursor))
 
 
-class EventStream:
+class EventStream(Generic[Chunk]):
+    """One stream, written by ``wire`` (SSE bytes unless told otherwise)."""
+
+    @overload
     def __init__(
-        self, subscriber: Subscriber, cursor: str | None, lifetime: float | None = None
+        self: EventStream[bytes],
+        subscriber: Subscriber,
+        cursor: str | None,
+        lifetime: float | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        cursor: str | None,
+        lifetime: float | None,
+        wire: Wire[Chunk],
+    ) -> None: ...
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        cursor: str | None,
+        lifetime: float | None = None,
+        wire: Wire[Any] = SSE,
     ) -> None:
         self.subscriber = subscriber
         self.cursor = cursor
         #: Seconds after which the stream ends (its client then resumes); None: never.
         self.lifetime = lifetime
+        self.wire = wire
         # The id the client has everything up to, for the stream's channels.
         self.position = 0
         self.replayed = 0
 
-    async def body(self) -> AsyncIterator[bytes]:
+    async def body(self) -> AsyncIterator[Chunk]:
         """The stream after its first bytes (``retry:``), until the stream is closed or its
         lifetime is over. Ending closes the subscriber: what it buffered and did not send
         is read again from the database by the client's next stream. A stream closed for a
@@ -115,10 +142,10 @@ class EventStream:
             if timer is not None:
                 timer.cancel()
         if self.subscriber.closed == "shutdown":
-            # No id: needed, this connection has carried the client's cursor already.
-            yield sse.retry_frame(shutdown.reconnect_delay())
+            yield self.wire.retry(shutdown.reconnect_delay())
 
-    async def _body(self) -> AsyncIterator[bytes]:
+    async def _body(self) -> AsyncIterator[Chunk]:
+        wire = self.wire
         subscriber = self.subscriber
         batch = notify_settings.REPLAY_BATCH
         cursor = None if self.cursor is None else parse_cursor(self.cursor)
@@ -140,30 +167,30 @@ class EventStream:
         newest = newest or 0
         if self.cursor is None:
             self.position = newest
-            yield sse.open_frame(newest)
+            yield wire.open(newest)
         elif cursor is None or cursor > newest:
             reason = "invalid-cursor" if cursor is None else "unknown-cursor"
             metrics.RESETS.labels(reason=reason).inc()
             self.position = newest
-            yield sse.reset_frame(reason, oldest, newest)
+            yield wire.reset(reason, oldest, newest)
         else:
             if oldest is not None and cursor + 1 < oldest:
                 # Retention deleted events after the cursor; replay what is left (the first
                 # batch holds ids above the cursor: those are above oldest - 1 as well).
                 cursor = oldest - 1
                 metrics.RESETS.labels(reason="history-gone").inc()
-                yield sse.reset_frame("history-gone", oldest, cursor)
+                yield wire.reset("history-gone", oldest, cursor)
             metrics.REPLAYS.inc()
             self.position = cursor
-            yield sse.catchup_start_frame(cursor)
+            yield wire.catchup_start(cursor)
             if first:
                 self.position = first[-1].id
                 self._count_replayed(len(first))
-                yield b"".join(notice.frame for notice in first)
+                yield wire.events(first)
             if len(first) == batch or subscriber.lost:
                 async for chunk in self._from_database():
                     yield chunk
-            yield sse.catchup_end_frame(self.replayed, self.position)
+            yield wire.catchup_end(self.replayed, self.position)
         if subscriber.lost:
             # Live events overflowed the buffer before the stream went live.
             async for chunk in self._from_database():
@@ -171,7 +198,7 @@ class EventStream:
         async for chunk in self._live():
             yield chunk
 
-    async def _from_database(self) -> AsyncIterator[bytes]:
+    async def _from_database(self) -> AsyncIterator[Chunk]:
         """Events after ``position`` from the database, until the live buffer holds the rest."""
         subscriber = self.subscriber
         batch = notify_settings.REPLAY_BATCH
@@ -186,7 +213,7 @@ class EventStream:
             if rows:
                 self.position = rows[-1].id
                 self._count_replayed(len(rows))
-                yield b"".join(notice.frame for notice in rows)
+                yield self.wire.events(rows)
             if len(rows) < batch and not subscriber.lost:
                 return
 
@@ -195,16 +222,24 @@ class EventStream:
         self.replayed += count
         metrics.EVENTS_REPLAYED.inc(count)
 
-    async def _live(self) -> AsyncIterator[bytes]:
+    async def _live(self) -> AsyncIterator[Chunk]:
         subscriber = self.subscriber
         subscriber.go_live(self.position)
+        wire = self.wire
         loop = asyncio.get_running_loop()
         while True:
             await subscriber.wait()
             if subscriber.closed:
                 return
-            data = subscriber.take() if subscriber.frames else sse.HEARTBEAT
             subscriber.heartbeat_due = False
+            if subscriber.frames:
+                data = wire.events(subscriber.take())
+            elif wire.heartbeat is not None:
+                data = wire.heartbeat
+            else:
+                # This transport keeps an idle connection alive by itself.
+                subscriber.last_write = loop.time()
+                continue
             subscriber.sending = True
             yield data
             subscriber.sending = False

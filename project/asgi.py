@@ -1,4 +1,5 @@
-"""ASGI entry point of the demo: Django, with notify's streams served in front of it."""
+"""ASGI entry point of the demo: Django, with notify's streams served in front of it (SSE),
+and the same stream over a WebSocket through Channels."""
 
 import os
 
@@ -14,6 +15,16 @@ if settings.DEBUG:
     # What runserver does: serve static files from the apps, for the demo under daphne.
     django_application = ASGIStaticFilesHandler(django_application)
 
-from notify.asgi import NotifyASGIHandler  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-application = NotifyASGIHandler(django_application)
+from notify.asgi import NotifyASGIHandler  # noqa: E402
+from notify.routing import websocket_application  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": NotifyASGIHandler(django_application),
+        # /notify/ws/: the origin check (ALLOWED_HOSTS and NOTIFY["CORS_ALLOWED_ORIGINS"]),
+        # then Channels' AuthMiddlewareStack, then notify's consumer.
+        "websocket": websocket_application(),
+    }
+)

@@ -17,7 +17,8 @@ BASE_DIR = Path(__file__).resolve().parent
 
 SECRET_KEY = "notify-tests"
 DEBUG = False
-ALLOWED_HOSTS = ["*"]
+# The WebSocket origin check reads it: tests/test_websocket.py narrows it for a server.
+ALLOWED_HOSTS = json.loads(os.environ.get("NOTIFY_TEST_ALLOWED_HOSTS", '["*"]'))
 USE_TZ = True
 TIME_ZONE = "UTC"
 

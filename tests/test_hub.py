@@ -385,7 +385,7 @@ def test_a_paused_subscriber_waits_until_resumed_and_is_closed_when_its_buffer_o
             assert not waiting.done()  # neither the event nor the heartbeat is written
             subscriber.resume()
             await asyncio.wait_for(waiting, 1)
-            assert subscriber.take() == events[0].sse_frame()
+            assert [notice.frame for notice in subscriber.take()] == [events[0].sse_frame()]
             subscriber.heartbeat_due = False
             subscriber.pause()
             waiting = asyncio.ensure_future(subscriber.wait())

@@ -14,7 +14,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.test import Client
 
 import notify
-from notify import asgi
+from notify import admission
 from tests.conftest import Server, SSEClient, StartServer
 from tests.policies import POLICY
 from tests.test_asgi import database_connections, stream_url
@@ -120,10 +120,10 @@ def test_authorized_idle_streams_hold_no_database_connection(start_server):
 def test_session_user():
     alice = User.objects.create_user("alice")
     cookie = f"csrftoken=x; {session_cookie(alice)}; theme=dark"
-    assert asgi.session_user(cookie) == alice
-    assert isinstance(asgi.session_user(""), AnonymousUser)
-    assert isinstance(asgi.session_user("sessionid=nothing-of-the-kind"), AnonymousUser)
-    assert isinstance(asgi.session_user("sessionid"), AnonymousUser)
+    assert admission.session_user(cookie) == alice
+    assert isinstance(admission.session_user(""), AnonymousUser)
+    assert isinstance(admission.session_user("sessionid=nothing-of-the-kind"), AnonymousUser)
+    assert isinstance(admission.session_user("sessionid"), AnonymousUser)
 
 
 def test_the_open_policy_looks_nobody_up(monkeypatch):
@@ -132,6 +132,6 @@ def test_the_open_policy_looks_nobody_up(monkeypatch):
     def fail(cookie_header: str) -> None:
         raise AssertionError("the user was looked up")
 
-    monkeypatch.setattr(asgi, "session_user", fail)
+    monkeypatch.setattr(admission, "session_user", fail)
     scope = {"headers": [(b"cookie", b"sessionid=abc")]}
-    assert async_to_sync(asgi._check_access)(scope, ["staff"]).refused == []
+    assert async_to_sync(admission.check_access)(scope, ["staff"]).refused == []

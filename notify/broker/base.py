@@ -12,6 +12,8 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final, NamedTuple
 
+from notify.sse import data_line
+
 logger = logging.getLogger("notify.broker")
 
 
@@ -33,10 +35,38 @@ class Revocation(NamedTuple):
     user_id: str
 
 
-class Notice(NamedTuple):
-    id: int
-    channel: str
-    frame: bytes
+class Notice:
+    """One event as the hub hands it to streams: its id, its channel and its SSE bytes,
+    the same objects for every stream of the process."""
+
+    __slots__ = ("_message", "channel", "frame", "id")
+
+    def __init__(self, id: int, channel: str, frame: bytes) -> None:
+        self.id = id
+        self.channel = channel
+        self.frame = frame
+        self._message: str | None = None
+
+    @property
+    def message(self) -> str:
+        """The event as a WebSocket text message: the envelope of its ``data:`` line.
+        Cut from the frame once, by the first WebSocket stream that sends the event; every
+        other one sends the same string."""
+        message = self._message
+        if message is None:
+            message = self._message = data_line(self.frame)
+        return message
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Notice):
+            return NotImplemented
+        return (self.id, self.channel, self.frame) == (other.id, other.channel, other.frame)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.channel, self.frame))
+
+    def __repr__(self) -> str:
+        return f"Notice(id={self.id!r}, channel={self.channel!r}, frame={self.frame!r})"
 
 
 def encode_notice(event_id: int, channel: str, frame: bytes) -> bytes:

@@ -1,0 +1,132 @@
+"""Letting a stream in: who its user is, whether it may read its channels, whether its
+owner has streams to spare, and its place in the hub. Shared by both transports (the SSE
+stream of ``notify.asgi`` and the WebSocket of ``notify.consumers``), so that the choice of
+transport changes nothing of this.
+
+An open stream holds no thread and no database connection: what needs the database (the
+session, the user, a policy that queries) runs in one thread-pool call before streaming.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from importlib import import_module
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.http import HttpRequest
+from django.http.cookie import parse_cookie
+
+from notify import authorization, limits
+from notify.db import db_call
+from notify.hub import HubUnavailable, Subscriber, get_hub
+from notify.stream import StreamRequest
+
+# What a client refused for want of a database is told to wait, in seconds.
+UNAVAILABLE_RETRY_AFTER = 5
+
+
+class Refused(Exception):
+    """The stream may not open: ``status`` is the HTTP status of the SSE answer (the
+    WebSocket closes with the matching code, ``notify.websocket.REFUSAL_CODES``)."""
+
+    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@contextlib.asynccontextmanager
+async def admitted(scope: Mapping[str, Any], request: StreamRequest) -> AsyncIterator[Subscriber]:
+    """The stream's subscriber in the running loop's hub, for the ``async with`` block;
+    unsubscribed (and no longer counted against its owner's limit) when the block ends.
+    Raises ``Refused``."""
+    access = await check_access(scope, request.channels)
+    if access.refused:
+        raise Refused(403, authorization.describe_refusal(access.refused))
+    # Counted before subscribing; released once unsubscribed. Only under a limit: counting
+    # is a broker round trip (each process's opens take turns for it), and with no limit
+    # to compare with it serves nothing.
+    owner, limit = limits.owner(access.user_id, limits.client_address(scope))
+    counter = None
+    if limit is not None:
+        counter = limits.get_counter()
+        if not await counter.acquire(owner, limit):
+            raise Refused(429, limits.refusal(owner, limit), limits.RETRY_AFTER)
+    hub = get_hub()
+    try:
+        subscriber = await hub.subscribe(request.channels, access.user_id)
+    except BaseException as exc:
+        if counter is not None:
+            counter.release(owner)
+        if not isinstance(exc, HubUnavailable):
+            raise
+        raise Refused(503, f"Streams are unavailable: {exc}.", UNAVAILABLE_RETRY_AFTER) from exc
+    try:
+        yield subscriber
+    finally:
+        hub.unsubscribe(subscriber)
+        if counter is not None:
+            counter.release(owner)
+
+
+async def check_access(scope: Mapping[str, Any], channels: Sequence[str]) -> authorization.Access:
+    """Which of ``channels`` the connection's user may not read, and that user's pk.
+
+    The user is ``scope["user"]`` when Channels' ``AuthMiddlewareStack`` found it, else the
+    one logged in to the session of the ``Cookie`` header (as ``AuthenticationMiddleware``
+    finds it: streams are served before Django's middleware runs)."""
+    if authorization.is_open():
+        # Nobody's user is needed: opening a stream then reads no session and no user.
+        return authorization.Access([], None)
+    default = authorization.policy() is authorization.default_policy
+    user = scope.get("user")
+    if user is not None:
+        if default and not user.is_authenticated:
+            # The default policy answers a visitor without the database.
+            return authorization.check(user, channels)
+        return await db_call(authorization.check, user, channels)
+    cookie_header = _cookie_header(scope)
+    if default and not parse_cookie(cookie_header).get(settings.SESSION_COOKIE_NAME):
+        # Nobody is logged in, and the default policy answers a visitor without the
+        # database: no thread-pool call (a reconnect storm of visitors costs one less each).
+        return authorization.check(authorization.anonymous_user(), channels)
+    # Once, before streaming, in one thread-pool call that then closes its connection (the
+    # policy may query the database too): an open stream holds no connection.
+    return await db_call(lambda: authorization.check(session_user(cookie_header), channels))
+
+
+def session_user(cookie_header: str) -> Any:
+    """The user logged in to the session named by a ``Cookie`` header, found as
+    ``AuthenticationMiddleware`` finds it; ``authorization.anonymous_user()`` when there is
+    none, or when ``django.contrib.auth`` or ``django.contrib.sessions`` is not installed.
+    Reads the database: call it through ``db_call``.
+    """
+    if not (
+        apps.is_installed("django.contrib.auth") and apps.is_installed("django.contrib.sessions")
+    ):
+        return authorization.anonymous_user()
+    # get_user reads nothing of the request but its session.
+    request = HttpRequest()
+    session_key = parse_cookie(cookie_header).get(settings.SESSION_COOKIE_NAME)
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    return get_user(request)
+
+
+def _cookie_header(scope: Mapping[str, Any]) -> str:
+    # HTTP/2 clients may split cookies over several headers; Django joins them likewise.
+    values = [bytes(value).decode("latin-1") for key, value in scope["headers"] if key == b"cookie"]
+    return "; ".join(values)
+
+
+def header(scope: Mapping[str, Any], name: bytes) -> str | None:
+    """The request header ``name`` (lowercase). HTTP header bytes are latin-1 by definition;
+    nothing is lost decoding them. A header given twice is joined with "," as Django joins
+    it, so that the fallback view reads a request as the ASGI handler does (two
+    Last-Event-IDs are no valid cursor, not the first)."""
+    values = [bytes(value).decode("latin-1") for key, value in scope["headers"] if key == name]
+    return ",".join(values) if values else None

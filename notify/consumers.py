@@ -1,0 +1,141 @@
+"""The stream over a WebSocket, as a Channels consumer.
+
+Same stream as the SSE one (``notify.asgi``), through the same admission (authorization,
+limits: ``notify.admission``), the same ``EventStream`` (replay, then live, no gap and no
+duplicate at the seam) and the same hub: one broker subscription per process serves both
+transports. Only the wire differs: JSON text messages (``notify.websocket``)::
+
+    ws://host/notify/ws/?channel=a&channel=b&lastEventId=42
+
+The client sends nothing; the server closes with a code that says what to do next (the
+table in ``notify.websocket``). Route it with Channels (see ``notify.routing``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+from channels.consumer import AsyncConsumer, get_handler_name
+from channels.exceptions import StopConsumer
+from django.core.exceptions import ValidationError
+
+from notify import limits, shutdown, websocket
+from notify.admission import Refused, admitted, header
+from notify.backpressure import websocket_flow_control
+from notify.conf import notify_settings
+from notify.hub import Subscriber
+from notify.stream import EventStream, StreamRequest, parse_stream_request
+from notify.wire import WEBSOCKET
+
+logger = logging.getLogger("notify.consumers")
+
+# RFC 6455's "Internal Error": the client reconnects, with a backoff.
+INTERNAL_ERROR = 1011
+
+
+class StreamConsumer(AsyncConsumer):
+    """One WebSocket stream. The stream runs in a task of its own; the consumer's loop
+    only waits for the client to leave."""
+
+    stream: asyncio.Task[None] | None = None
+    subscriber: Subscriber | None = None
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # As AsyncConsumer.dispatch, without its close_old_connections() before every
+        # message: a thread-pool hop per message, for a consumer whose database work all
+        # goes through notify.db.db_call (which closes its connections itself).
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        self.stream = asyncio.get_running_loop().create_task(self._run())
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        """Clients have nothing to say: what they send is ignored."""
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        if self.subscriber is not None:
+            self.subscriber.close("client-gone")
+        stream = self.stream
+        if stream is not None and not stream.done():
+            stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stream
+        raise StopConsumer
+
+    async def _run(self) -> None:
+        try:
+            await self._serve()
+        except Exception:
+            # Nobody awaits this task: say what went wrong, and end the connection.
+            logger.exception("notify: a WebSocket stream failed")
+            with contextlib.suppress(Exception):
+                await self._close(INTERNAL_ERROR, "internal error")
+
+    async def _serve(self) -> None:
+        scope = self.scope
+        send = self.base_send
+        await send({"type": "websocket.accept"})
+        params = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        try:
+            request = parse_stream_request(params, header(scope, b"last-event-id"))
+        except ValidationError as exc:
+            await self._refuse(websocket.BAD_REQUEST, exc.messages[0])
+            return
+        shutdown.watch()
+        if shutdown.draining():
+            await self._send([websocket.retry_message(shutdown.reconnect_delay())])
+            await self._close(websocket.SHUTDOWN, "the server is shutting down")
+            return
+        try:
+            async with admitted(scope, request) as subscriber:
+                await self._stream(request, subscriber)
+        except Refused as refusal:
+            code = websocket.REFUSAL_CODES.get(refusal.status, websocket.BAD_REQUEST)
+            await self._refuse(code, refusal.reason)
+
+    async def _stream(self, request: StreamRequest, subscriber: Subscriber) -> None:
+        self.subscriber = subscriber
+        # Under daphne, whose send() never waits, pause the stream while the client does
+        # not read; None under other servers, where ``await send()`` waits instead.
+        flow = websocket_flow_control(self.base_send, subscriber)
+        try:
+            await self._send([websocket.retry_message(notify_settings.RETRY_MS)])
+            lifetime = limits.stream_lifetime()
+            stream = EventStream(subscriber, request.cursor, lifetime, WEBSOCKET)
+            async for messages in stream.body():
+                await self._send(messages)
+        except asyncio.CancelledError:
+            if subscriber.closed not in ("too-slow", "shutdown"):
+                raise
+            # The hub cancelled a write the client was not reading (too slow, or still
+            # blocked when a shutdown's drain ran out of time): close this stream only.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        finally:
+            if flow is not None:
+                flow.detach()
+        code = websocket.CLOSE_CODES.get(subscriber.closed or "")
+        if code is not None:
+            await self._close(code, subscriber.closed or "")
+
+    async def _refuse(self, code: int, reason: str) -> None:
+        await self._send([websocket.error_message(code, reason)])
+        await self._close(code, reason)
+
+    async def _send(self, messages: list[str]) -> None:
+        send = self.base_send
+        for text in messages:
+            await send({"type": "websocket.send", "text": text})
+
+    async def _close(self, code: int, reason: str) -> None:
+        await self.base_send(
+            {"type": "websocket.close", "code": code, "reason": websocket.close_reason(reason)}
+        )
