@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -33,8 +34,20 @@ from notify.wire import WEBSOCKET
 
 logger = logging.getLogger("notify.consumers")
 
-# RFC 6455's "Internal Error": the client reconnects, with a backoff.
-INTERNAL_ERROR = 1011
+
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def server_send(send: Send) -> Send:
+    """The server's own ``send`` under Channels' session middleware (``AuthMiddlewareStack``),
+    which wraps it to save a changed session with an HTTP response. A stream changes no
+    session, so its messages go straight to the server: that spares every message of every
+    stream the wrapper's checks, and lets ``websocket_flow_control`` find daphne's
+    connection behind ``send``."""
+    while (inner := getattr(getattr(send, "__self__", None), "real_send", None)) is not None:
+        send = inner
+    return send
 
 
 class StreamConsumer(AsyncConsumer):
@@ -43,6 +56,7 @@ class StreamConsumer(AsyncConsumer):
 
     stream: asyncio.Task[None] | None = None
     subscriber: Subscriber | None = None
+    server_send: Send
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # As AsyncConsumer.dispatch, without its close_old_connections() before every
@@ -76,12 +90,12 @@ class StreamConsumer(AsyncConsumer):
             # Nobody awaits this task: say what went wrong, and end the connection.
             logger.exception("notify: a WebSocket stream failed")
             with contextlib.suppress(Exception):
-                await self._close(INTERNAL_ERROR, "internal error")
+                await self._close(websocket.INTERNAL_ERROR, "internal error")
 
     async def _serve(self) -> None:
         scope = self.scope
-        send = self.base_send
-        await send({"type": "websocket.accept"})
+        self.server_send = server_send(self.base_send)
+        await self.server_send({"type": "websocket.accept"})
         params = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         try:
             request = parse_stream_request(params, header(scope, b"last-event-id"))
@@ -104,7 +118,7 @@ class StreamConsumer(AsyncConsumer):
         self.subscriber = subscriber
         # Under daphne, whose send() never waits, pause the stream while the client does
         # not read; None under other servers, where ``await send()`` waits instead.
-        flow = websocket_flow_control(self.base_send, subscriber)
+        flow = websocket_flow_control(self.server_send, subscriber)
         try:
             await self._send([websocket.retry_message(notify_settings.RETRY_MS)])
             lifetime = limits.stream_lifetime()
@@ -131,11 +145,11 @@ class StreamConsumer(AsyncConsumer):
         await self._close(code, reason)
 
     async def _send(self, messages: list[str]) -> None:
-        send = self.base_send
+        send = self.server_send
         for text in messages:
             await send({"type": "websocket.send", "text": text})
 
     async def _close(self, code: int, reason: str) -> None:
-        await self.base_send(
+        await self.server_send(
             {"type": "websocket.close", "code": code, "reason": websocket.close_reason(reason)}
         )

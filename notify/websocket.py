@@ -32,8 +32,8 @@ from notify.sse import CATCHUP_END, CATCHUP_START, OPEN, RESET, encode_json
 RETRY: Final = "notify.retry"
 ERROR: Final = "notify.error"
 
-# Close codes. 4000-4999 are the application's (RFC 6455, 7.4.2); 4xxx mirrors the HTTP
-# status the SSE stream answers in the same case.
+# Close codes. 4000-4999 are the application's (RFC 6455, 7.4.2); 44xx and 45xx mirror the
+# HTTP status the SSE stream answers in the same case.
 #: The stream ended (its MAX_STREAM_SECONDS are over, or the server's fan-out restarted):
 #: reconnect after the retry delay, from the cursor.
 ENDED: Final = 4000
@@ -49,9 +49,12 @@ TOO_SLOW: Final = 4408
 TOO_MANY: Final = 4429
 #: Streams are unavailable (the database cannot be read): reconnect with a backoff.
 UNAVAILABLE: Final = 4503
-#: The server is shutting down (RFC 6455's "Service Restart"): reconnect after the delay
-#: of the ``notify.retry`` sent just before, to another process.
-SHUTDOWN: Final = 1012
+#: The server is shutting down: reconnect after the delay of the ``notify.retry`` sent just
+#: before, to another process. (RFC 6455's 1012 "Service Restart" says the same, but
+#: servers may keep 1000-2999 for themselves: autobahn, under daphne, refuses to send them.)
+SHUTDOWN: Final = 4012
+#: The server failed (RFC 6455's 1011, likewise): reconnect with a backoff.
+INTERNAL_ERROR: Final = 4500
 
 #: The close code of a stream the hub closed, by ``Subscriber.closed`` reason. A client that
 #: left ("client-gone") is sent nothing.

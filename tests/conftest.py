@@ -137,7 +137,8 @@ StartServer = Callable[..., Server]
 @pytest.fixture
 def start_server(transactional_db: None, redis_url: str) -> Iterator[StartServer]:
     """``start_server(kind="daphne", redis=<session Redis URL or None>, app=...,
-    server_args=<more command-line arguments>, port=<a free one>, **NOTIFY)``."""
+    server_args=<more command-line arguments>, port=<a free one>, env=<more environment>,
+    **NOTIFY)``."""
     servers: list[Server] = []
 
     def start(
@@ -146,11 +147,16 @@ def start_server(transactional_db: None, redis_url: str) -> Iterator[StartServer
         app: str = "tests.asgi:application",
         server_args: Sequence[str] = (),
         port: int | None = None,
+        env: dict[str, str] | None = None,
         **notify: Any,
     ) -> Server:
         notify.setdefault("HEARTBEAT_SECONDS", 2)
         server = Server(
-            server_env(redis, **notify), kind=kind, app=app, args=server_args, port=port
+            {**server_env(redis, **notify), **(env or {})},
+            kind=kind,
+            app=app,
+            args=server_args,
+            port=port,
         )
         servers.append(server)
         return server
