@@ -37,7 +37,7 @@ from tests.test_asgi import (
     wait_until,
 )
 from tests.test_stream_authorization import session_cookie
-from tests.ws_client import Closed, WSClient, event_ids, ws_url
+from tests.ws_client import WSClient, event_ids, ws_url
 
 EXIT_SECONDS = shutdown.DRAIN_SECONDS + 1.5
 
@@ -440,7 +440,7 @@ def test_a_client_that_stops_reading_is_closed_as_too_slow_and_resumes(start_ser
     # The close frame, if the client got as far as reading it: daphne (autobahn) drops the
     # connection when the close handshake times out.
     assert code in (websocket.TOO_SLOW, None)
-    last = ([messages[1]["id"]] + got)[-1]
+    last = [messages[1]["id"], *got][-1]
     with WSClient(ws_url(server, "big", lastEventId=str(last))) as client:
         replayed = client.until_type("notify.catchup-end")
     assert event_ids(replayed) == [event.id for event in published[len(got) :]]
@@ -451,12 +451,3 @@ def test_a_client_that_stops_reading_is_closed_as_too_slow_and_resumes(start_ser
     match = re.search(r"^notify_slow_client_disconnects_total (\S+)$", metrics.text, re.M)
     assert match is not None and float(match.group(1)) == 1
     assert_clean_log(server)
-
-
-def test_a_refused_close_frame_reason_fits_in_a_frame():
-    reason = "é" * 100
-    cut = websocket.close_reason(reason)
-    assert len(cut.encode()) <= websocket.MAX_REASON_BYTES
-    assert cut.endswith("...") and reason.startswith(cut[:-3])
-    assert websocket.close_reason("short") == "short"
-
