@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 from django.core.exceptions import ValidationError
 from django.urls import Resolver404, resolve
 
-from notify import cors, limits, shutdown
+from notify import cors, limits, metrics, shutdown
 from notify.admission import Refused, admitted, header
 from notify.backpressure import flow_control
 from notify.conf import notify_settings
@@ -154,6 +154,7 @@ async def _stream(
     # Under daphne, whose send() never waits, pause the stream while the client does not
     # read; None under other servers, where ``await send()`` waits instead.
     flow = flow_control(send, subscriber)
+    metrics.STREAMS_OPENED.labels(transport="sse").inc()
     try:
         headers = _RESPONSE_HEADERS + _encode(cors.response_headers(origin))
         await send({"type": "http.response.start", "status": 200, "headers": headers})

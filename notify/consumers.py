@@ -24,7 +24,7 @@ from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
 from django.core.exceptions import ValidationError
 
-from notify import limits, shutdown, websocket
+from notify import limits, metrics, shutdown, websocket
 from notify.admission import Refused, admitted, header
 from notify.backpressure import websocket_flow_control
 from notify.conf import notify_settings
@@ -119,6 +119,7 @@ class StreamConsumer(AsyncConsumer):
         # Under daphne, whose send() never waits, pause the stream while the client does
         # not read; None under other servers, where ``await send()`` waits instead.
         flow = websocket_flow_control(self.server_send, subscriber)
+        metrics.STREAMS_OPENED.labels(transport="websocket").inc()
         try:
             await self._send([websocket.retry_message(notify_settings.RETRY_MS)])
             lifetime = limits.stream_lifetime()

@@ -23,6 +23,12 @@ OPEN_STREAMS = Gauge(
     "Streams open now in this process.",
     registry=REGISTRY,
 )
+STREAMS_OPENED = Counter(
+    "notify_streams_opened",
+    "Streams admitted by this process, by transport: sse or websocket.",
+    ["transport"],
+    registry=REGISTRY,
+)
 EVENTS_PUBLISHED = Counter(
     "notify_events_published",
     "Events stored by this process and broadcast after their commit.",

@@ -36,6 +36,7 @@ TOKEN = "metrics-token-of-the-tests-0123456789"
 PUBLISH_TOKEN = "publish-token-of-the-tests-0123456789"
 METRIC_NAMES = {
     "notify_open_streams",
+    "notify_streams_opened",
     "notify_events_published",
     "notify_events_delivered",
     "notify_replays",

@@ -450,4 +450,7 @@ def test_a_client_that_stops_reading_is_closed_as_too_slow_and_resumes(start_ser
     )
     match = re.search(r"^notify_slow_client_disconnects_total (\S+)$", metrics.text, re.M)
     assert match is not None and float(match.group(1)) == 1
+    # The stalled client, the reader and the replay.
+    assert 'notify_streams_opened_total{transport="websocket"} 3.0' in metrics.text
+    assert 'notify_streams_opened_total{transport="sse"}' not in metrics.text
     assert_clean_log(server)

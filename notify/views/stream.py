@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from notify import authorization, cors, limits, shutdown
+from notify import authorization, cors, limits, metrics, shutdown
 from notify.conf import notify_settings
 from notify.db import db_call
 from notify.hub import Hub, HubUnavailable, Subscriber, get_hub
@@ -65,6 +65,7 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
         )
         response["Retry-After"] = "5"
         return response
+    metrics.STREAMS_OPENED.labels(transport="sse").inc()
     # GZipMiddleware would buffer and compress the stream: it only compresses for clients
     # that accept gzip, so make this request not accept it.
     request.META["HTTP_ACCEPT_ENCODING"] = ""
