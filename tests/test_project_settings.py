@@ -9,8 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from websockets.exceptions import InvalidStatus
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port, stop_process, wait_for_port
+from tests.ws_client import WSClient
 
 SHOW = (
     "import django; django.setup(); from django.conf import settings as s; "
@@ -74,3 +76,36 @@ def test_postgresql_gets_a_connection_pool():
     assert result.stdout.strip() == "{'pool': {'min_size': 2, 'max_size': 8}}"
     result = run("-c", show)
     assert "pool" not in result.stdout
+
+
+def test_the_demo_serves_the_stream_over_a_websocket_behind_its_origin_check(tmp_path):
+    """project/asgi.py as `make run` serves it: Channels routes the WebSocket to notify's
+    consumer behind the origin check, with the session's user (AuthMiddlewareStack)."""
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}"}
+    assert run("manage.py", "migrate", "--noinput", **env).returncode == 0
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "NOTIFY_"))}
+    port = free_port()
+    with (tmp_path / "daphne.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-p", str(port), "project.asgi:application"],
+            cwd=ROOT,
+            env={**base, "DJANGO_SETTINGS_MODULE": "project.settings", **env, "REDIS_URL": ""},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port, process=process)
+        url = f"ws://127.0.0.1:{port}/notify/ws/?channel=broadcast"
+        with pytest.raises(InvalidStatus):
+            WSClient(url, origin="https://elsewhere.example.com")
+        with WSClient(url, origin=f"http://localhost:{port}") as ws:
+            assert ws.next()["type"] == "notify.retry"
+            assert ws.next()["type"] == "notify.open"
+            sent = run("manage.py", "send_event", "broadcast", '{"hi": 1}', **env)
+            assert sent.returncode == 0, sent.stderr
+            event = ws.next()
+        assert (event["channel"], event["data"]) == ("broadcast", {"hi": 1})
+    finally:
+        stop_process(process)
+    output = (tmp_path / "daphne.log").read_text()
+    assert "Traceback" not in output, output
