@@ -35,8 +35,17 @@ from notify.wire import WEBSOCKET
 logger = logging.getLogger("notify.consumers")
 
 
-
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+# What a send raises once the client has closed, before the consumer is told: an OSError
+# by the ASGI spec (uvicorn), autobahn's Disconnected under daphne.
+CONNECTION_CLOSED: tuple[type[Exception], ...] = (OSError,)
+try:
+    from autobahn.exception import Disconnected
+except ImportError:  # not under daphne
+    pass
+else:
+    CONNECTION_CLOSED = (OSError, Disconnected)
 
 
 def server_send(send: Send) -> Send:
@@ -86,6 +95,11 @@ class StreamConsumer(AsyncConsumer):
     async def _run(self) -> None:
         try:
             await self._serve()
+        except CONNECTION_CLOSED:
+            # The client closed while a message was on its way (its close frame came in
+            # before the server told this consumer): the client is gone, nothing failed.
+            if self.subscriber is not None:
+                self.subscriber.close("client-gone")
         except Exception:
             # Nobody awaits this task: say what went wrong, and end the connection.
             logger.exception("notify: a WebSocket stream failed")
@@ -100,7 +114,7 @@ class StreamConsumer(AsyncConsumer):
         try:
             request = parse_stream_request(params, header(scope, b"last-event-id"))
         except ValidationError as exc:
-            await self._refuse(websocket.BAD_REQUEST, exc.messages[0])
+            await self._refuse(websocket.BAD_REQUEST, exc.messages[0], None)
             return
         shutdown.watch()
         if shutdown.draining():
@@ -112,7 +126,7 @@ class StreamConsumer(AsyncConsumer):
                 await self._stream(request, subscriber)
         except Refused as refusal:
             code = websocket.REFUSAL_CODES.get(refusal.status, websocket.BAD_REQUEST)
-            await self._refuse(code, refusal.reason)
+            await self._refuse(code, refusal.reason, refusal.retry_after)
 
     async def _stream(self, request: StreamRequest, subscriber: Subscriber) -> None:
         self.subscriber = subscriber
@@ -141,8 +155,12 @@ class StreamConsumer(AsyncConsumer):
         if code is not None:
             await self._close(code, subscriber.closed or "")
 
-    async def _refuse(self, code: int, reason: str) -> None:
-        await self._send([websocket.error_message(code, reason)])
+    async def _refuse(self, code: int, reason: str, retry_after: int | None) -> None:
+        """Say why, then close with ``code``. The first message is still ``notify.retry``,
+        as on every connection: the SSE answer's ``Retry-After`` when it has one (the
+        client should not be back sooner), else the usual delay."""
+        retry = notify_settings.RETRY_MS if retry_after is None else retry_after * 1000
+        await self._send([websocket.retry_message(retry), websocket.error_message(code, reason)])
         await self._close(code, reason)
 
     async def _send(self, messages: list[str]) -> None:

@@ -13,8 +13,10 @@ event:
 
       {"after": 41, "id": 41, "type": "notify.catchup-start"}
 
-- ``{"retry": 3000, "type": "notify.retry"}`` is SSE's ``retry:``: sent first, and last
-  before a close for a shutdown, with the delay to wait before reconnecting;
+- ``{"retry": 3000, "type": "notify.retry"}`` is SSE's ``retry:``, the delay to wait before
+  reconnecting: the first message of every connection (for a stream refused with an HTTP
+  ``Retry-After`` on the SSE side, that delay), and the last before a close for a
+  shutdown (a short random one);
 - ``{"code": 4403, "reason": "...", "type": "notify.error"}`` comes just before a close that
   refuses the stream: the reason, for servers that drop the close frame's (daphne does).
 
@@ -45,9 +47,11 @@ BAD_REQUEST: Final = 4400
 FORBIDDEN: Final = 4403
 #: The client did not read fast enough (MAX_BUFFER events waited): reconnect from the cursor.
 TOO_SLOW: Final = 4408
-#: Too many open streams for the user or address: reconnect after ``TOO_MANY_RETRY`` seconds.
+#: Too many open streams for the user or address: reconnect after the ``notify.retry``
+#: delay sent first (the SSE answer's ``Retry-After``).
 TOO_MANY: Final = 4429
-#: Streams are unavailable (the database cannot be read): reconnect with a backoff.
+#: Streams are unavailable (the database cannot be read): reconnect after the
+#: ``notify.retry`` delay sent first, with a backoff.
 UNAVAILABLE: Final = 4503
 #: The server is shutting down: reconnect after the delay of the ``notify.retry`` sent just
 #: before, to another process. (RFC 6455's 1012 "Service Restart" says the same, but

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import redis
 from django.contrib.auth.models import User
+from django.db import transaction
 from websockets.exceptions import InvalidStatus
 
 import notify
@@ -50,9 +51,11 @@ def opened(client: WSClient) -> dict[str, Any]:
     return message
 
 
-def assert_refused(url: str, code: int, reason: str, **client: Any) -> None:
-    """The stream is accepted, told why it is refused, and closed with ``code``."""
+def assert_refused(url: str, code: int, reason: str, retry: int = 3000, **client: Any) -> None:
+    """The stream is accepted, told when to come back and why it is refused, and closed
+    with ``code``."""
     with WSClient(url, **client) as ws:
+        assert ws.next() == {"type": "notify.retry", "retry": retry}
         assert ws.next() == {"type": "notify.error", "code": code, "reason": reason}
         closed = ws.ended()
     assert closed.code == code
@@ -235,7 +238,7 @@ def test_the_limit_per_address_counts_both_transports(start_server):
             'too many open streams for this address: the limit is 2 (NOTIFY["MAX_STREAMS_PER_IP"]);'
             " close one and retry"
         )
-        assert_refused(ws_url(server, "a"), 4429, reason)
+        assert_refused(ws_url(server, "a"), 4429, reason, retry=30_000)
         response = httpx.get(stream_url(server, "a"), timeout=10)
         assert response.status_code == 429
     # Both released when they end.
@@ -453,4 +456,25 @@ def test_a_client_that_stops_reading_is_closed_as_too_slow_and_resumes(start_ser
     # The stalled client, the reader and the replay.
     assert 'notify_streams_opened_total{transport="websocket"} 3.0' in metrics.text
     assert 'notify_streams_opened_total{transport="sse"}' not in metrics.text
+    assert_clean_log(server)
+
+
+def test_clients_that_close_while_events_flow_leave_no_error(server):
+    """A client's close frame can arrive while the stream is sending: autobahn then refuses
+    the send before the consumer hears of the close. That is the client leaving, not an
+    error."""
+    clients = [WSClient(ws_url(server, "burst")) for _ in range(10)]
+    for ws in clients:
+        opened(ws)
+    with transaction.atomic():  # one burst: every notice goes out at the commit
+        for n in range(300):
+            notify.publish("burst", {"n": n, "pad": "x" * 1000})
+    for ws in clients:
+        ws.next()
+        ws.close()  # a clean close: a close frame, mid-burst
+    with WSClient(ws_url(server, "burst")) as ws:
+        opened(ws)
+        event = notify.publish("burst", "still serving")
+        assert ws.next()["id"] == event.id
+    time.sleep(0.5)
     assert_clean_log(server)

@@ -41,7 +41,9 @@ class WSClient:
         headers: dict[str, str] | None = None,
         origin: str | None = None,
         timeout: float = 10.0,
+        **options: Any,
     ) -> None:
+        """``options``: more of websockets' ``connect()`` (``ssl``, ``source_address``)."""
         self.timeout = timeout
         self.connection = connect(
             url,
@@ -51,6 +53,7 @@ class WSClient:
             # No keepalive pings of the client's own: the server pings.
             ping_interval=None,
             max_size=None,
+            **options,
         ).__enter__()  # what a with block does: websockets 17 wants it said
         self.received: list[dict[str, Any]] = []
         self.raw: list[str] = []
