@@ -236,7 +236,7 @@ def log_in(page: Page, server: Server, user: User) -> None:
 in_browser = pytest.mark.django_db(transaction=True)
 
 
-TRANSPORTS = pytest.mark.parametrize("transport", ["fetch", "eventsource"])
+TRANSPORTS = pytest.mark.parametrize("transport", ["fetch", "eventsource", "websocket"])
 
 
 @in_browser
@@ -312,12 +312,13 @@ def send_event(redis_url: str, channel: str, data: str) -> int:
 
 
 @in_browser
+@pytest.mark.parametrize("transport", ["fetch", "websocket"])
 def test_recovers_from_a_server_restart_by_itself(
-    start_server: StartServer, page: Page, redis_url: str
+    start_server: StartServer, page: Page, redis_url: str, transport: str
 ) -> None:
     page.expect_console_errors(CONNECTION_ERRORS)  # type: ignore[attr-defined]
     server = start_server()
-    open_dashboard(page, server)
+    open_dashboard(page, server, transport)
     page.evaluate("() => { window.notReloaded = true; }")
     first = notify.publish("broadcast", "before the restart")
     wait_for_event_lines(page, 1)
@@ -416,15 +417,18 @@ def test_publishing_from_the_page(server: Server, page: Page) -> None:
 
 
 @in_browser
-def test_switching_transport_resumes_from_the_cursor(server: Server, page: Page) -> None:
+@pytest.mark.parametrize("transport", ["eventsource", "websocket"])
+def test_switching_transport_resumes_from_the_cursor(
+    server: Server, page: Page, transport: str
+) -> None:
     open_dashboard(page, server)
     first = notify.publish("broadcast", "over fetch")
     wait_for_event_lines(page, 1)
-    page.select_option("#notify-transport", "eventsource")
+    page.select_option("#notify-transport", transport)
     wait_for_control(page, "notify.catchup-end")
     expect_state(page, "open")
-    assert page.url.endswith("/notify/?transport=eventsource")
-    second = notify.publish("broadcast", "over EventSource")
+    assert page.url.endswith(f"/notify/?transport={transport}")
+    second = notify.publish("broadcast", f"over {transport}")
     shown = wait_for_event_lines(page, 2)
     assert [(line["id"], line["kind"]) for line in shown] == [
         (first.id, "live"),
@@ -432,7 +436,10 @@ def test_switching_transport_resumes_from_the_cursor(server: Server, page: Page)
     ]
     texts = {line["control"]: line["text"] for line in system_lines(page)}
     assert f"after #{first.id}" in texts["notify.catchup-start"]
-    assert "now over eventsource" in texts["transport"]
+    assert f"now over {transport}" in texts["transport"]
+    # The choice is kept: a reload comes back to it.
+    page.reload()
+    expect(page.locator("#notify-transport")).to_have_value(transport)
 
 
 @in_browser

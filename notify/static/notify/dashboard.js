@@ -15,7 +15,7 @@ const STATUS_TEXT = {
   reconnecting: "reconnecting",
   closed: "closed",
 };
-const TRANSPORTS = ["fetch", "eventsource"];
+const TRANSPORTS = ["fetch", "eventsource", "websocket"];
 const RESET_REASONS = {
   "history-gone": "events after the cursor were deleted by retention",
   "invalid-cursor": "the stored cursor was not a valid id",

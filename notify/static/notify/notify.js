@@ -1,5 +1,5 @@
 /**
- * notify.js — the browser client of notify's Server-Sent Events stream.
+ * notify.js — the browser client of notify's stream, over Server-Sent Events or a WebSocket.
  *
  * One ES module, no build step, no dependencies:
  *
@@ -10,7 +10,7 @@
  *     });
  *     client.on("order.paid", (envelope, meta) => { ... });
  *
- * Two transports share the same hooks and the same behaviour:
+ * Three transports share the same hooks and the same behaviour:
  *
  * - "eventsource" (default): the browser's EventSource. It reconnects by itself after a
  *   dropped connection and then sends Last-Event-ID on its own. It gives up for good on any
@@ -22,11 +22,17 @@
  *   types that have a handler (`client.on(type, ...)`), and no others.
  * - "fetch": fetch + ReadableStream + `SSEParser`, for pages that must send headers (such
  *   as Authorization). It hears every event.
+ * - "websocket": the same stream as JSON text messages over a WebSocket, at `websocketUrl`
+ *   (default: "/notify/ws/" on the stream URL's host, ws: or wss: as that URL is http: or
+ *   https:). It hears every event. A browser's WebSocket sends no headers, only the cookies
+ *   of the WebSocket's host; the server closes with a code that says whether to reconnect,
+ *   when, and from where (the table in notify/websocket.py; `WS_CLOSE_ACTIONS` below).
  *
  * The cursor (the last event id seen) is kept in `storage`, keyed by the stream URL with its
- * channels, and sent on every connection the client makes itself, so a reloaded page
- * resumes where it left off: the server replays what was missed between
- * `notify.catchup-start` and `notify.catchup-end`.
+ * channels whatever the transport (ids are the same on every transport, so a page that
+ * switches transports keeps its place), and sent on every connection the client makes
+ * itself, so a reloaded page resumes where it left off: the server replays what was missed
+ * between `notify.catchup-start` and `notify.catchup-end`.
  *
  * Everything that comes from an event is handed to the hooks as data; nothing here puts it
  * into the page.
@@ -39,10 +45,34 @@ const CONTROL_EVENTS = [
   "notify.catchup-end",
   "notify.reset",
 ];
-/** The control events that carry an `id:` line; the catch-up markers carry none. */
-const CONTROL_EVENTS_WITH_ID = new Set(["notify.open", "notify.reset"]);
 /** Statuses after which reconnecting cannot help: 204 is the SSE way to say "stop". */
 const FINAL_STATUSES = new Set([204, 401, 403]);
+const TRANSPORTS = ["eventsource", "fetch", "websocket"];
+/** Where `routing.websocket_urlpatterns` puts the WebSocket stream, on the stream URL's host. */
+const DEFAULT_WEBSOCKET_PATH = "/notify/ws/";
+/** The WebSocket messages that are not events (events have no "type"). */
+const WS_RETRY = "notify.retry";
+const WS_ERROR = "notify.error";
+/**
+ * What the client does when the server closes a WebSocket with a code (notify/websocket.py):
+ * "stop" for good (like an SSE 403), "resume" from the cursor after the retry delay the
+ * server sent (like a dropped SSE stream: the stream ended, the user's streams were revoked,
+ * the client read too slowly, the server is shutting down), and every other code backs off
+ * as a failed connection does (4503 unavailable, 4500 the server failed, 4429 too many
+ * streams, a network error). A refused stream (a `notify.error` came) waits at least the
+ * retry delay its connection began with: the server's Retry-After (30 s for too many
+ * streams, 5 s when it cannot read its database).
+ */
+const WS_CLOSE_ACTIONS = new Map([
+  [4400, "stop"],
+  [4403, "stop"],
+  [4000, "resume"],
+  [4001, "resume"],
+  [4408, "resume"],
+  [4012, "resume"],
+]);
+/** RFC 6455's "abnormal closure": no close frame, a network error or a refused handshake. */
+const WS_ABNORMAL_CLOSURE = 1006;
 const STORAGE_PREFIX = "notify:last-event-id:";
 /** What the server sends first anyway; used by the fetch transport until it does. */
 const DEFAULT_RETRY_MS = 3000;
@@ -279,6 +309,24 @@ function callHook(hook, ...args) {
   }
 }
 
+/**
+ * The ws: or wss: URL of the WebSocket stream. `websocketUrl` is resolved against the page;
+ * without one, "/notify/ws/" on the host of the (resolved) `streamUrl`. http: becomes ws:
+ * and https: wss:, so that the same relative URL serves a page on either.
+ */
+function resolveWebSocketUrl(websocketUrl, streamUrl) {
+  const page = globalThis.location?.href;
+  const resolved =
+    websocketUrl === undefined || websocketUrl === null
+      ? new URL(DEFAULT_WEBSOCKET_PATH, new URL(streamUrl, page))
+      : new URL(websocketUrl, page);
+  resolved.protocol = { "http:": "ws:", "https:": "wss:" }[resolved.protocol] ?? resolved.protocol;
+  if (resolved.protocol !== "ws:" && resolved.protocol !== "wss:") {
+    throw new TypeError(`websocketUrl "${resolved.href}" is not a ws:, wss:, http: or https: URL`);
+  }
+  return resolved.href;
+}
+
 function defaultStorage() {
   try {
     return globalThis.localStorage ?? null;
@@ -293,9 +341,12 @@ function defaultStorage() {
  *
  * Options:
  * - `channels`: names of channels, one connection for all; [] is the server's default.
- * - `transport`: "eventsource" (default) or "fetch".
- * - `headers`: request headers, with the fetch transport only (EventSource cannot send any).
+ * - `transport`: "eventsource" (default), "fetch" or "websocket".
+ * - `headers`: request headers, with the fetch transport only (EventSource and WebSocket
+ *   cannot send any).
  * - `withCredentials`: send cookies cross-origin (CORS); same-origin requests always do.
+ *   (A WebSocket sends its host's cookies whatever this says.)
+ * - `websocketUrl`: the WebSocket stream, for the websocket transport (see above).
  * - `storage`: a Storage (default localStorage) keeping the cursor; null keeps it nowhere.
  * - `lastEventId`: a cursor to start from, instead of the stored one.
  * - `backoff`: {initial, max} in ms, for reconnections after failed connections.
@@ -311,15 +362,19 @@ function defaultStorage() {
  *   "open" (live: whatever is published from now on arrives), "catching-up" (replaying
  *   what was missed), "reconnecting" (info:
  *   {by: "browser"} while EventSource retries by itself, {by: "client", delay, reason,
- *   status?, message?} when the client retries after `delay` ms) and "closed" (info:
- *   {reason: "disconnect"} or, stopped for good, {reason: "http-403", status, message}).
+ *   status?, message?} when the client retries after `delay` ms; over a WebSocket `code`
+ *   instead of `status`, and `reason` "ws-<code>", "dropped" or "network-error") and
+ *   "closed" (info: {reason: "disconnect"} or, stopped for good, {reason: "http-403",
+ *   status, message}, over a WebSocket {reason: "ws-4403", code, message}).
  * - `onCatchup("start", {after})` and `onCatchup("end", {count, last_id})`.
  * - `onReset({reason, oldest_id, id})`: the server could not resume from the cursor.
- * - `onControl(name, data, id)`: every `notify.*` event; `id` is null for those without one.
+ * - `onControl(name, data, id)`: every `notify.*` event, with the id (a string) the client
+ *   has everything through from then on; null if the server sent none.
  */
 export class NotifyClient {
   /**
-   * @param {string} url the URL of notify's stream, e.g. "/notify/stream/".
+   * @param {string} url the URL of notify's SSE stream, e.g. "/notify/stream/" (with the
+   *   websocket transport too: the stored cursor is keyed by it).
    * @param {object} options see above.
    */
   constructor(url, options = {}) {
@@ -328,6 +383,7 @@ export class NotifyClient {
       transport = "eventsource",
       headers = {},
       withCredentials = false,
+      websocketUrl = undefined,
       storage = defaultStorage(),
       lastEventId = undefined,
       backoff = {},
@@ -339,11 +395,16 @@ export class NotifyClient {
       onReset,
       onControl,
     } = options;
-    if (transport !== "eventsource" && transport !== "fetch") {
-      throw new TypeError(`transport "${transport}" is unknown; use "eventsource" or "fetch"`);
+    if (!TRANSPORTS.includes(transport)) {
+      throw new TypeError(
+        `transport "${transport}" is unknown; use "eventsource", "fetch" or "websocket"`,
+      );
     }
     if (transport === "eventsource" && Object.keys(headers).length) {
       throw new TypeError('EventSource cannot send headers; use transport: "fetch"');
+    }
+    if (transport === "websocket" && Object.keys(headers).length) {
+      throw new TypeError('A WebSocket cannot send headers; use transport: "fetch"');
     }
     this._channels = [...channels];
     this._transport = transport;
@@ -353,6 +414,10 @@ export class NotifyClient {
     this._backoff = { initial: 1000, max: 30000, ...backoff };
     this._hooks = { onEvent, onStatus, onCatchup, onReset, onControl };
     this._url = streamUrl(url, this._channels);
+    this._websocketUrl =
+      transport === "websocket"
+        ? streamUrl(resolveWebSocketUrl(websocketUrl, url), this._channels)
+        : null;
     this._storageKey = STORAGE_PREFIX + this._url;
     this._events = new Set(["message", ...events]);
     /** type -> Set of handlers */
@@ -391,6 +456,11 @@ export class NotifyClient {
   /** The URL of the stream with its channels (the key of the stored cursor, less a prefix). */
   get url() {
     return this._url;
+  }
+
+  /** The ws: or wss: URL with its channels, with the websocket transport; else null. */
+  get websocketUrl() {
+    return this._websocketUrl;
   }
 
   /** Call `handler(envelope, meta)` for every event of `type` ("message" included), as
@@ -448,20 +518,25 @@ export class NotifyClient {
   _open(state, info = {}) {
     this._setStatus(state, info);
     this._replaying = false;
-    this._connection =
-      this._transport === "fetch" ? this._openFetch() : this._openEventSource();
+    const open = {
+      eventsource: () => this._openEventSource(),
+      fetch: () => this._openFetch(),
+      websocket: () => this._openWebSocket(),
+    }[this._transport];
+    this._connection = open();
   }
 
-  _connectionUrl() {
+  /** `url` with the cursor as `lastEventId`, for the transports that cannot send a header. */
+  _withCursor(url) {
     if (this._cursor === null) {
-      return this._url;
+      return url;
     }
     const query = new URLSearchParams({ lastEventId: this._cursor });
-    return this._url + (this._url.includes("?") ? "&" : "?") + query.toString();
+    return url + (url.includes("?") ? "&" : "?") + query.toString();
   }
 
   _openEventSource() {
-    const source = new EventSource(this._connectionUrl(), {
+    const source = new EventSource(this._withCursor(this._url), {
       withCredentials: this._withCredentials,
     });
     const connection = {
@@ -574,10 +649,108 @@ export class NotifyClient {
     }
   }
 
+  _openWebSocket() {
+    // `started`: the stream sent its first control event (a refusal comes after the
+    // handshake, so an accepted handshake says nothing). `error`: the server's notify.error,
+    // whose reason the close frame may have lost.
+    const connection = { started: false, error: null, close: () => {} };
+    let socket;
+    try {
+      socket = new WebSocket(this._withCursor(this._websocketUrl));
+    } catch {
+      // A port the browser blocks, a page that may not connect: as a network error, later
+      // (not from inside connect()).
+      setTimeout(() => {
+        if (this._connection === connection) {
+          this._webSocketClosed(connection, WS_ABNORMAL_CLOSURE, "");
+        }
+      }, 0);
+      return connection;
+    }
+    connection.close = () => socket.close();
+    socket.addEventListener("message", (event) => {
+      if (this._connection === connection && typeof event.data === "string") {
+        this._webSocketMessage(connection, event.data);
+      }
+    });
+    socket.addEventListener("close", (event) => {
+      if (this._connection === connection) {
+        this._webSocketClosed(connection, event.code, event.reason);
+      }
+    });
+    return connection;
+  }
+
+  /** One message: an event (its envelope, with no "type"), or one of notify's own. */
+  _webSocketMessage(connection, text) {
+    const message = parseJSON(text);
+    if (message === null || typeof message !== "object" || Array.isArray(message)) {
+      return;
+    }
+    const { type } = message;
+    if (typeof type !== "string") {
+      const id = message.id === undefined || message.id === null ? null : String(message.id);
+      this._remember(id);
+      this._deliver(typeof message.event === "string" ? message.event : "message", message, id);
+    } else if (type === WS_RETRY) {
+      if (Number.isInteger(message.retry) && message.retry >= 0) {
+        this._retryMs = message.retry;
+      }
+    } else if (type === WS_ERROR) {
+      connection.error = message;
+    } else if (type.startsWith(CONTROL_PREFIX)) {
+      if (!connection.started) {
+        connection.started = true;
+        this._opened();
+      }
+      // The data of a control event is what the SSE one carries on its data: line.
+      const { type: name, id: cursor, ...data } = message;
+      const id = cursor === undefined || cursor === null ? null : String(cursor);
+      this._remember(id);
+      this._control(name, data, id);
+    }
+  }
+
+  /** The WebSocket closed, by the server's choice (`code`, WS_CLOSE_ACTIONS) or not. */
+  _webSocketClosed(connection, code, closeReason) {
+    connection.close();
+    this._connection = null;
+    this._replaying = false;
+    const message = connection.error?.reason || closeReason || "";
+    const action = WS_CLOSE_ACTIONS.get(code);
+    if (action === "stop") {
+      this._stop({ reason: `ws-${code}`, code, message });
+      return;
+    }
+    const info = { code, reason: `ws-${code}` };
+    if (message) {
+      info.message = message;
+    }
+    if (action === "resume") {
+      this._schedule(this._retryMs, info);
+      return;
+    }
+    if (code === WS_ABNORMAL_CLOSURE) {
+      if (connection.started) {
+        // A stream cut after it started: as the fetch transport's dropped stream.
+        this._schedule(this._retryMs, { code, reason: "dropped" });
+        return;
+      }
+      info.reason = "network-error";
+    }
+    let delay = this._nextBackoffDelay();
+    if (connection.error) {
+      delay = Math.max(delay, this._retryMs);
+    }
+    this._schedule(delay, info);
+  }
+
   // --- what happens on a connection -------------------------------------------------------
 
-  /** The server accepted the connection. The status becomes "open" only with the stream's
-   * first control event: from then on, whatever is published reaches this client. */
+  /** The server accepted the connection (over a WebSocket: the stream sent its first
+   * control event, as a refusal follows an accepted handshake): failures are counted from
+   * zero again. The status becomes "open" only with the stream's first control event: from
+   * then on, whatever is published reaches this client. */
   _opened() {
     this._attempt = 0;
   }
@@ -614,9 +787,15 @@ export class NotifyClient {
     if (message) {
       info.message = message;
     }
+    this._schedule(this._nextBackoffDelay(), info);
+  }
+
+  /** The delay before the next attempt after a failed one: longer each time, until a
+   * stream opens (`_opened`). */
+  _nextBackoffDelay() {
     const delay = backoffDelay(this._attempt, this._backoff);
     this._attempt += 1;
-    this._schedule(delay, info);
+    return delay;
   }
 
   _schedule(delay, info) {
@@ -660,16 +839,20 @@ export class NotifyClient {
     }
   }
 
+  /** An SSE event, from EventSource or `SSEParser`. */
   _receive(type, rawData, lastEventId) {
     this._remember(lastEventId);
     // A MessageEvent's lastEventId is the last id seen so far, whether or not this event
-    // had an id: line; of notify's events, only the catch-up markers have none.
+    // had an id: line; every event notify sends has one.
     const id = lastEventId || null;
     if (type.startsWith(CONTROL_PREFIX)) {
-      this._control(type, parseJSON(rawData), CONTROL_EVENTS_WITH_ID.has(type) ? id : null);
+      this._control(type, parseJSON(rawData), id);
       return;
     }
-    const envelope = parseJSON(rawData);
+    this._deliver(type, parseJSON(rawData), id);
+  }
+
+  _deliver(type, envelope, id) {
     const meta = { replayed: this._replaying, type, id };
     callHook(this._hooks.onEvent, envelope, meta);
     for (const handler of [...(this._handlers.get(type) || [])]) {
