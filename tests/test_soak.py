@@ -55,8 +55,9 @@ def test_an_event_sent_on_the_wrong_channel_is_foreign():
 
 
 def test_a_short_soak_run_loses_nothing():
-    """15 s of the harness: two daphne servers, three publishers, 200 clients, Redis
-    restarted and killed, a server killed and another stopped, a client that stops reading."""
+    """15 s of the harness: two daphne servers, three publishers, 200 clients (a third of
+    them on the WebSocket transport, the others on SSE), Redis restarted and killed, a
+    server killed and another stopped, a client of each transport that stops reading."""
     env = dict(os.environ)
     result = subprocess.run(
         [sys.executable, "-m", "tests.soak", "--duration", "15", "--settle", "60"],
@@ -71,3 +72,8 @@ def test_a_short_soak_run_loses_nothing():
     assert lines[-1].endswith(" 0 lost, 0 duplicated, 0 reordered, 0 foreign, 0 phantom")
     deliveries = int(lines[-1].split()[1])
     assert deliveries > 100_000, lines[-1]
+    # Each transport's verdict: "soak: websocket: 67 clients, N deliveries, 0 lost, ..."
+    for transport in ("sse", "websocket"):
+        verdict = next(line for line in lines if line.startswith(f"soak: {transport}: "))
+        assert verdict.endswith(" 0 lost, 0 duplicated, 0 reordered, 0 foreign, 0 phantom")
+        assert int(verdict.split()[4]) > 10_000, verdict

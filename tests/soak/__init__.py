@@ -1,10 +1,12 @@
 """The soak harness: proof that "nothing is lost" under faults.
 
 ``python -m tests.soak --duration 60`` (``make soak``) starts Redis, a database, two daphne
-processes and three publishers; about 200 SSE clients subscribe to random channels, drop
-their connections at random moments and resume with their cursor on either server, while
-Redis is restarted and killed, a server is killed and another stopped, and one client stops
-reading. At the end every client's received sequence is checked against the database:
+processes and three publishers; about 200 clients, two thirds on SSE and a third on the
+WebSocket transport (``--websocket-share``), subscribe to random channels, drop their
+connections at random moments and resume with their cursor on either server, while Redis is
+restarted and killed, a server is killed and another stopped, and one client of each
+transport stops reading. At the end every client's received sequence is checked against
+the database, and the summary gives each transport's verdict, connections and endings:
 
     soak: N deliveries, 0 lost, 0 duplicated, 0 reordered, 0 foreign, 0 phantom
 

@@ -14,11 +14,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.processes import RedisServer
 from tests.soak.check import judge
 from tests.soak.client import Client, Stats
 from tests.soak.cluster import Cluster, Database
+from tests.soak.sse_client import SSEClient
+from tests.soak.websocket_client import WebSocketClient
 
 CHANNELS = [f"soak-{n}" for n in range(8)]
 
@@ -27,6 +30,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of publishing")
     parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument(
+        "--websocket-share",
+        type=share,
+        default=1 / 3,
+        help="the share of the clients on the WebSocket transport, from 0 to 1 (the others "
+        "are on SSE; default: a third)",
+    )
     parser.add_argument("--rate", type=float, default=30.0, help="events/s per publisher")
     parser.add_argument("--burst-size", type=int, default=5000)
     parser.add_argument(
@@ -49,6 +59,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share: give a number from 0 to 1")
+    return value
+
+
 @dataclass
 class Faults:
     done: list[str] = field(default_factory=list)
@@ -62,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     redis = RedisServer()
     # Short reconnection times and heartbeats, so that a short run sees many of both.
     cluster = Cluster(database, redis, {"RETRY_MS": 1000, "HEARTBEAT_SECONDS": 5})
+    websockets = round(args.clients * args.websocket_share)
     print(
-        f"soak: seed {seed}, {args.duration:g} s, {args.clients} clients, database "
+        f"soak: seed {seed}, {args.duration:g} s, {args.clients} clients "
+        f"({args.clients - websockets} SSE, {websockets} WebSocket), database "
         f"{'PostgreSQL' if database.url else 'SQLite'}",
         flush=True,
     )
@@ -82,32 +101,40 @@ def main(argv: list[str] | None = None) -> int:
         database.drop()
 
 
-async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -> int:
-    loop = asyncio.get_running_loop()
-    stats = Stats()
-    servers = [("127.0.0.1", server.port) for server in cluster.servers]
-    clients = [
-        Client(
-            n,
+def make_clients(
+    args: argparse.Namespace,
+    servers: list[tuple[str, int]],
+    stats: dict[str, Stats],
+    rng: random.Random,
+) -> list[Client]:
+    """The SSE clients, then the WebSocket ones. The last of each transport stops reading
+    for a while; it listens to every channel, so that its buffers fill fastest."""
+    websockets = round(args.clients * args.websocket_share)
+    kinds: list[type[Client]] = [SSEClient] * (args.clients - websockets)
+    kinds += [WebSocketClient] * websockets
+    clients = []
+    for number, kind in enumerate(kinds):
+        stalls = number + 1 == len(kinds) or kinds[number + 1] is not kind
+        channels = CHANNELS if stalls else rng.sample(CHANNELS, rng.randint(1, 3))
+        client = kind(
+            number,
             servers,
-            rng.sample(CHANNELS, rng.randint(1, 3)),
+            channels,
             random.Random(rng.random()),
-            stats,
+            stats[kind.transport],
             args.mean_lifetime,
         )
-        for n in range(args.clients - 1)
-    ]
-    # The client that stops reading listens to every channel: its buffers fill fastest.
-    staller = Client(
-        args.clients - 1,
-        servers,
-        CHANNELS,
-        random.Random(rng.random()),
-        stats,
-        args.mean_lifetime,
-    )
-    staller.stalls = True
-    clients.append(staller)
+        client.stalls = stalls
+        clients.append(client)
+    return clients
+
+
+async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -> int:
+    loop = asyncio.get_running_loop()
+    stats = {SSEClient.transport: Stats(), WebSocketClient.transport: Stats()}
+    servers = [("127.0.0.1", server.port) for server in cluster.servers]
+    clients = make_clients(args, servers, stats, rng)
+    stallers = [client for client in clients if client.stalls]
     tasks = [loop.create_task(client.run()) for client in clients]
     deadline = time.monotonic() + 30
     while not all(client.received.first_cursor is not None for client in clients):
@@ -118,7 +145,8 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
 
     duration = args.duration
     started = loop.time()
-    staller.stall = (started + 0.1 * duration, min(args.stall, 0.6 * duration))
+    for staller in stallers:
+        staller.stall = (started + 0.1 * duration, min(args.stall, 0.6 * duration))
     publishers = [
         cluster.start_publisher(
             seed, args.rate, duration, [duration * (0.2 + 0.3 * seed)], args.burst_size, CHANNELS
@@ -131,7 +159,7 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
 
     outputs = await asyncio.gather(*(asyncio.to_thread(p.communicate) for p in publishers))
     await fault_task
-    failed = [p.args[4] for p in publishers if p.returncode != 0]
+    failed = [seed for seed, p in enumerate(publishers) if p.returncode != 0]
     if failed:
         print(f"soak: publishers {failed} failed: see their logs", flush=True)
     published = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs if out.strip()]
@@ -149,6 +177,7 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
             asyncio.gather(*(client.done.wait() for client in clients)), args.settle
         )
     behind = [client for client in clients if not client.done.is_set()]
+    waiting = {client.number: waiting_in(tasks[client.number]) for client in behind[:5]}
     progress.cancel()
     for task in tasks:
         task.cancel()
@@ -160,24 +189,43 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
     rolled_back = sum(p["rolled_back"] for p in published)
     print(
         f"soak: {elapsed:.1f} s; {len(stored)} events stored ({committed} committed by the "
-        f"publishers, {rolled_back} rolled back); {stats.connections} connections, "
-        f"statuses {dict(sorted(stats.statuses.items()))}, {stats.refused} refused",
+        f"publishers, {rolled_back} rolled back)",
         flush=True,
     )
+    for transport, transport_stats in stats.items():
+        group = [client for client in clients if client.transport == transport]
+        if group:
+            report_transport(transport, group, transport_stats, stored)
     print(f"soak: faults: {'; '.join(faults.done)}", flush=True)
-    print(f"soak: the stalled client's connection: {staller.stalled_connection_ended}", flush=True)
-    for line in staller.trace:
-        print(f"soak:   {line}", flush=True)
+    for staller in stallers:
+        print(
+            f"soak: the stalled {staller.transport} client's connection: "
+            f"{staller.stalled_connection_ended}",
+            flush=True,
+        )
+        for line in staller.trace:
+            print(f"soak:   {line}", flush=True)
     problems = list(faults.errors)
     if behind:
         problems.append(f"{len(behind)} clients had not caught up after {args.settle:g} s")
         for client in behind[:5]:
             problems.append(
                 f"client {client.number} ({sorted(client.received.channels)}) at "
-                f"{client.position} of {client.target}: {client.state}"
+                f"{client.position} of {client.target}: {client.state}, waiting in "
+                f"{waiting[client.number]}"
             )
-    if stats.resets:
-        problems.append(f"{len(stats.resets)} notify.reset: {stats.resets[:3]}")
+    for transport, transport_stats in stats.items():
+        if transport_stats.resets:
+            resets = transport_stats.resets
+            problems.append(f"{len(resets)} notify.reset ({transport}): {resets[:3]}")
+        if transport_stats.unexpected:
+            unexpected = transport_stats.unexpected
+            problems.append(f"{len(unexpected)} unexpected ({transport}): {unexpected[:3]}")
+    if gave_up := [client for client in clients if client.gave_up]:
+        problems.append(
+            f"{len(gave_up)} clients gave up: "
+            + "; ".join(f"client {c.number} after {c.gave_up}" for c in gave_up[:5])
+        )
     if failed:
         problems.append(f"publishers {failed} failed")
     if tracebacks := cluster.tracebacks():
@@ -194,6 +242,33 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
         print(f"soak: problem: {problem}", flush=True)
     print(verdict.line(), flush=True)
     return 0 if verdict.clean and not problems else 1
+
+
+def report_transport(
+    transport: str, clients: list[Client], stats: Stats, stored: dict[int, str]
+) -> None:
+    """The summary of one transport's clients: their verdict, connections and endings."""
+    verdict = judge((client.received for client in clients), stored)
+    print(f"soak: {transport}: {len(clients)} clients, {verdict.counts()}", flush=True)
+    print(
+        f"soak: {transport}: {stats.connections} connections, {stats.reconnects} reconnection "
+        f"attempts ({stats.refused} refused), statuses {dict(sorted(stats.statuses.items()))}",
+        flush=True,
+    )
+    print(f"soak: {transport}: endings {dict(sorted(stats.endings.items()))}", flush=True)
+
+
+def waiting_in(task: asyncio.Task[None]) -> str:
+    """Where ``task`` waits: the innermost frames of its chain of awaited coroutines."""
+    if task.done():
+        return f"nothing: it ended ({task.exception()!r})"
+    frames = []
+    awaited: Any = task.get_coro()
+    while (frame := getattr(awaited, "cr_frame", None)) is not None:
+        code = frame.f_code
+        frames.append(f"{code.co_name} ({os.path.basename(code.co_filename)}:{frame.f_lineno})")
+        awaited = awaited.cr_await
+    return " > ".join(frames[-4:])
 
 
 def stored_events() -> dict[int, str]:
@@ -261,17 +336,24 @@ async def run_faults(
             faults.errors.append(f"{fault.__name__}: {exc!r}")
 
 
-async def report_progress(stats: Stats, faults: Faults, started: float) -> None:
+async def report_progress(stats: dict[str, Stats], faults: Faults, started: float) -> None:
     loop = asyncio.get_running_loop()
-    last, last_time = stats.deliveries, loop.time()
+
+    def deliveries() -> int:
+        return sum(transport.deliveries for transport in stats.values())
+
+    last, last_time = deliveries(), loop.time()
     while True:
         await asyncio.sleep(5.0)
         now = loop.time()
-        rate = (stats.deliveries - last) / (now - last_time)
-        last, last_time = stats.deliveries, now
+        rate = (deliveries() - last) / (now - last_time)
+        last, last_time = deliveries(), now
+        streams = " + ".join(
+            f"{transport.open_streams} {name}" for name, transport in stats.items()
+        )
         print(
             f"soak: {now - started:6.1f} s  {rate:8.0f} deliveries/s  "
-            f"{stats.open_streams:4d} open streams  {len(faults.done)} faults so far",
+            f"{streams} open streams  {len(faults.done)} faults so far",
             flush=True,
         )
 

@@ -32,12 +32,14 @@ class Verdict:
     def clean(self) -> bool:
         return not (self.lost or self.duplicated or self.reordered or self.foreign or self.phantom)
 
-    def line(self) -> str:
+    def counts(self) -> str:
         return (
-            f"soak: {self.deliveries} deliveries, {self.lost} lost, {self.duplicated} "
-            f"duplicated, {self.reordered} reordered, {self.foreign} foreign, "
-            f"{self.phantom} phantom"
+            f"{self.deliveries} deliveries, {self.lost} lost, {self.duplicated} duplicated, "
+            f"{self.reordered} reordered, {self.foreign} foreign, {self.phantom} phantom"
         )
+
+    def line(self) -> str:
+        return f"soak: {self.counts()}"
 
     def note(self, kind: str, text: str) -> None:
         examples = self.examples.setdefault(kind, [])

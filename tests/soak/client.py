@@ -1,42 +1,63 @@
-"""A soak client: a real SSE client on a raw asyncio socket, behaving like ``EventSource``.
+"""A soak client's life, whatever its transport: connect to either server, read until the
+server ends the stream or the client drops it, wait as a browser would, and connect again
+with the cursor it has, until the run is over and it has everything through its target.
 
-It parses what it reads with ``tests.sse_parser`` (the WHATWG rules), resumes with the last
-event ID it saw (the ``Last-Event-ID`` header), waits the server's ``retry:`` time before
-reconnecting after the server ended a stream or could not be reached, and, while the run
-lasts, drops its connection at random moments: half of the time a clean close, half of the
-time an abrupt reset (RST). One client can be told to stop reading for a while.
+The transports (``tests.soak.sse_client``, ``tests.soak.websocket_client``) say how one
+connection goes and how long to wait after it. Both drop their connections at random
+moments while the run lasts, half of the time a clean close, half of the time an abrupt
+reset (RST), and one client of each can be told to stop reading for a while.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import random
 import socket
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
 
 from tests.soak.check import Received
-from tests.sse_parser import SSEParser
 
-# Reconnect delay before the first retry: field arrives (EventSource's is similar).
+# Reconnect delay before the server has sent one (EventSource's is similar).
 DEFAULT_RETRY_MS = 3000
+
+Key = TypeVar("Key")
 
 
 @dataclass
 class Stats:
-    """Shared by all clients, for the progress line."""
+    """Shared by the clients of one transport, for the progress line and the summary."""
 
     deliveries: int = 0
     open_streams: int = 0
+    #: Connections made (TCP connected).
     connections: int = 0
+    #: Attempts to connect after a client's first, whether they connected or not.
+    reconnects: int = 0
+    #: Connections the server's port refused (it was down).
     refused: int = 0
+    #: Answers by HTTP status (101 for a WebSocket handshake that succeeded).
     statuses: dict[int, int] = field(default_factory=dict)
+    #: How connections ended, by kind ("close 4000", "dropped by the client", ...).
+    endings: dict[str, int] = field(default_factory=dict)
     resets: list[str] = field(default_factory=list)
+    #: Messages the protocol does not allow there, for the report.
+    unexpected: list[str] = field(default_factory=list)
+
+
+def count(counts: dict[Key, int], key: Key) -> None:
+    counts[key] = counts.get(key, 0) + 1
 
 
 class Client:
+    """One client, on ``transport``."""
+
+    transport: ClassVar[str]
+
     def __init__(
         self,
         number: int,
@@ -48,11 +69,12 @@ class Client:
     ) -> None:
         self.number = number
         self.servers = servers
-        self.path = "/notify/stream/?" + "&".join(f"channel={c}" for c in channels)
+        self.query = "&".join(f"channel={c}" for c in channels)
         self.received = Received(frozenset(channels))
         self.rng = rng
         self.stats = stats
         self.mean_lifetime = mean_lifetime
+        #: The id of the last event or control event received whole ("" before any).
         self.cursor = ""
         self.retry_ms = DEFAULT_RETRY_MS
         #: Random disconnects stop once the run is over, so that every client catches up.
@@ -65,10 +87,13 @@ class Client:
         #: The id up to which the client must get its channels' events before it stops.
         self.target: int | None = None
         self.done = asyncio.Event()
+        #: Why the client stopped reconnecting, when the server told it to.
+        self.gave_up: str | None = None
         #: Where the client is now, for the report of a client that fell behind.
         self.state = "new"
         #: Recent connections (port, cursor sent, how it ended), for a failure's report.
         self.trace: deque[str] = deque(maxlen=50)
+        self._attempts = 0
 
     @property
     def position(self) -> int:
@@ -83,16 +108,11 @@ class Client:
         while not self.done.is_set():
             host, port = self.rng.choice(self.servers)
             sent = self.cursor
-            try:
-                ended_by_server = await self._connect(host, port, loop)
-                ending = "ended by the server" if ended_by_server else "dropped by the client"
-            except (OSError, EOFError) as exc:
-                # Refused (a server is down), or cut by the server: as EventSource does,
-                # wait the reconnection time, then try again.
-                if isinstance(exc, ConnectionRefusedError):
-                    self.stats.refused += 1
-                ended_by_server = True
-                ending = f"cut ({type(exc).__name__})"
+            self._attempts += 1
+            if self._attempts > 1:
+                self.stats.reconnects += 1
+            ending, wait = await self.connect(host, port)
+            count(self.stats.endings, ending)
             self.trace.append(
                 f"{loop.time():.2f} {port} from {sent!r}: {ending} at {self.cursor!r}"
             )
@@ -100,127 +120,70 @@ class Client:
                 self.stalled_connection_ended = ending
             if self.done.is_set():
                 return
+            if wait is None:
+                self.gave_up = ending
+                self.state = f"gave up after {ending}"
+                return
             self.state = f"waiting after {ending}"
-            if ended_by_server:
-                await asyncio.sleep(self.retry_ms / 1000)
-            else:
-                await asyncio.sleep(self.rng.uniform(0, 0.5))
+            await asyncio.sleep(wait)
 
-    async def _connect(self, host: str, port: int, loop: asyncio.AbstractEventLoop) -> bool:
-        """One connection. True when the server ended it (or it failed), False when this
-        client dropped it."""
-        self.state = f"connecting to {port}"
+    async def connect(self, host: str, port: int) -> tuple[str, float | None]:
+        """One connection, to its end. Returns how it ended (a kind, counted in the
+        summary) and the seconds to wait before the next one (None: never again)."""
+        raise NotImplementedError
+
+    def dropped(self) -> tuple[str, float]:
+        """What ``connect`` returns when this client dropped its connection: it reconnects
+        soon, as a page that was reloaded or came back online."""
+        return "dropped by the client", self.rng.uniform(0, 0.5)
+
+    def lifetime(self) -> float | None:
+        """Seconds until this client drops the connection it has just made; None: never."""
+        cut = self.rng.expovariate(1 / self.mean_lifetime)
+        return cut if self.churn and not self.stalls else None
+
+    async def tcp_connect(self, host: str, port: int) -> socket.socket:
+        """A connected socket: with a small receive window for a client that stalls, as on
+        a slow mobile link (loopback's would otherwise hold megabytes, and the server would
+        not notice the stall for a long time). Counts refused connections."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         if self.stalls:
-            # A small receive window, as on a slow mobile link: loopback's would otherwise
-            # hold megabytes, and the server would not notice the stall for a long time.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         try:
-            await loop.sock_connect(sock, (host, port))
-        except BaseException:
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        except BaseException as exc:
             sock.close()
+            if isinstance(exc, ConnectionRefusedError):
+                self.stats.refused += 1
             raise
-        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
-        self.state = f"connected to {port}"
         self.stats.connections += 1
-        cut = self.rng.expovariate(1 / self.mean_lifetime)
-        abrupt = self.rng.random() < 0.5
-        try:
-            writer.write(self._request(host, port))
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            self.stats.statuses[status] = self.stats.statuses.get(status, 0) + 1
-            if status != 200:
-                return True
-            chunked = b"transfer-encoding: chunked" in head.lower()
-            self.state = f"streaming from {port} since {loop.time():.1f}"
-            self.stats.open_streams += 1
-            try:
-                async with asyncio.timeout(cut if self.churn and not self.stalls else None) as t:
-                    ended = await self._read(reader, chunked, loop, t)
-                return ended
-            except TimeoutError:
-                if not self.churn:
-                    raise
-                return False
-            finally:
-                self.stats.open_streams -= 1
-        finally:
-            if abrupt:
-                # SO_LINGER 0: closing sends a reset instead of a FIN.
-                sock = writer.get_extra_info("socket")
-                if sock is not None:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            writer.transport.abort() if abrupt else writer.close()
+        return sock
 
-    def _request(self, host: str, port: int) -> bytes:
-        lines = [
-            f"GET {self.path} HTTP/1.1",
-            f"Host: {host}:{port}",
-            "Accept: text/event-stream",
-            "Cache-Control: no-store",
-        ]
-        if self.cursor:
-            lines.append(f"Last-Event-ID: {self.cursor}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-    async def _read(
-        self,
-        reader: asyncio.StreamReader,
-        chunked: bool,
-        loop: asyncio.AbstractEventLoop,
-        deadline: asyncio.Timeout,
-    ) -> bool:
-        parser = SSEParser(last_event_id=self.cursor)
-        while True:
-            if self.stall is not None and loop.time() >= self.stall[0]:
-                await self._stall(reader, chunked, parser)
-                continue
-            if not self.churn:
-                deadline.reschedule(None)
-            if chunked:
-                line = await reader.readline()
-                if not line.endswith(b"\n"):
-                    raise EOFError("the connection ended inside the response")
-                size = int(line.split(b";")[0], 16)
-                if size == 0:
-                    return True
-                data = (await reader.readexactly(size + 2))[:-2]
-            else:
-                data = await reader.read(1 << 16)
-                if not data:
-                    return True
-            self._feed(parser, data)
-            if self.done.is_set():
-                return False
-
-    async def _stall(self, reader: asyncio.StreamReader, chunked: bool, parser: SSEParser) -> None:
+    async def stop_reading(
+        self, pause: Callable[[], None] = lambda: None, resume: Callable[[], None] = lambda: None
+    ) -> None:
+        """The stall, once it is due: ``pause`` stops the socket's reads, if not reading is
+        not enough to stop them; the socket's buffers fill and the server must cope."""
         assert self.stall is not None
         seconds = self.stall[1]
         self.stall = None
-        # Stop reading: the socket's buffers fill and the server must cope without us.
-        reader._transport.pause_reading()  # type: ignore[attr-defined]
+        pause()
         loop = asyncio.get_running_loop()
         self.trace.append(f"{loop.time():.2f} stopped reading for {seconds:g} s")
         await asyncio.sleep(seconds)
-        reader._transport.resume_reading()  # type: ignore[attr-defined]
+        resume()
         self.trace.append(f"{loop.time():.2f} reading again")
         self.stalled_connection_ended = "stalled"
 
-    def _feed(self, parser: SSEParser, data: bytes) -> None:
-        for event in parser.feed(data):
-            if event.type.startswith("notify."):
-                if event.type == "notify.open" and self.received.first_cursor is None:
-                    self.received.first_cursor = int(event.last_event_id)
-                elif event.type == "notify.reset":
-                    self.stats.resets.append(f"client {self.number}: {event.data}")
-                continue
-            channel = json.loads(event.data)["channel"]
-            self.received.events.append((int(event.last_event_id), channel))
-            self.stats.deliveries += 1
-        parser.comments.clear()
-        if parser.retry is not None:
-            self.retry_ms = parser.retry
-        self.cursor = parser.last_event_id
-        self.check_done()
+    def stall_due(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return self.stall is not None and loop.time() >= self.stall[0]
+
+
+def reset_on_close(sock: socket.socket | None) -> None:
+    """Make closing ``sock`` send a reset instead of a FIN (SO_LINGER 0)."""
+    if sock is None:
+        return
+    # Closed already (the connection was lost meanwhile): nothing left to reset.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
