@@ -32,7 +32,7 @@ from notify import cors, limits, metrics, shutdown
 from notify.admission import Refused, admitted, header
 from notify.backpressure import flow_control
 from notify.conf import notify_settings
-from notify.hub import Subscriber
+from notify.hub import Subscriber, cancelled_by_hub
 from notify.stream import (
     HEADERS,
     EventStream,
@@ -167,13 +167,8 @@ async def _stream(
         if flow is None or not flow.detach():
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
-        if subscriber.closed not in ("too-slow", "shutdown"):
+        if not cancelled_by_hub(subscriber):
             raise
-        # The hub cancelled a write the client was not reading (too slow, or still blocked
-        # when a shutdown's drain ran out of time): end this response only.
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
         if subscriber.closed == "shutdown":
             _abort_connection(send)
     finally:

@@ -33,14 +33,12 @@ from notify.hub import Subscriber
 logger = logging.getLogger("notify.backpressure")
 
 
-class FlowControl:
-    """A Twisted push producer (IPushProducer) for one daphne response (``request`` is its
-    ``twisted.web.http.Request``)."""
+class _Producer:
+    """A Twisted push producer (IPushProducer) that pauses and resumes one stream."""
 
-    __slots__ = ("request", "subscriber")
+    __slots__ = ("subscriber",)
 
-    def __init__(self, request: Any, subscriber: Subscriber) -> None:
-        self.request: Any = request
+    def __init__(self, subscriber: Subscriber) -> None:
         self.subscriber = subscriber
 
     # -- IPushProducer: called by Twisted, hence the camelCase ------------------------------
@@ -52,8 +50,18 @@ class FlowControl:
         self.subscriber.resume()
 
     def stopProducing(self) -> None:
-        # The connection is gone (daphne also sends http.disconnect; whichever comes first).
+        # The connection is gone (daphne also tells the application; whichever comes first).
         self.subscriber.close("client-gone")
+
+
+class FlowControl(_Producer):
+    """The producer of one daphne response (``request`` is its ``twisted.web.http.Request``)."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: Any, subscriber: Subscriber) -> None:
+        super().__init__(subscriber)
+        self.request: Any = request
 
     # -- for notify.asgi ----------------------------------------------------------------------
 
@@ -114,23 +122,14 @@ def flow_control(send: Callable[..., Any], subscriber: Subscriber) -> FlowContro
     return producer
 
 
-class TransportFlowControl:
-    """A Twisted push producer for one daphne WebSocket, registered on its transport."""
+class TransportFlowControl(_Producer):
+    """The producer of one daphne WebSocket, registered on its transport."""
 
-    __slots__ = ("subscriber", "transport")
+    __slots__ = ("transport",)
 
     def __init__(self, transport: Any, subscriber: Subscriber) -> None:
+        super().__init__(subscriber)
         self.transport: Any = transport
-        self.subscriber = subscriber
-
-    def pauseProducing(self) -> None:
-        self.subscriber.pause()
-
-    def resumeProducing(self) -> None:
-        self.subscriber.resume()
-
-    def stopProducing(self) -> None:
-        self.subscriber.close("client-gone")
 
     def detach(self) -> None:
         """Unregister from the transport. Idempotent. A stalled client needs nothing more

@@ -28,7 +28,7 @@ from notify import limits, metrics, shutdown, websocket
 from notify.admission import Refused, admitted, header
 from notify.backpressure import websocket_flow_control
 from notify.conf import notify_settings
-from notify.hub import Subscriber
+from notify.hub import Subscriber, cancelled_by_hub
 from notify.stream import EventStream, StreamRequest, parse_stream_request
 from notify.wire import WEBSOCKET
 
@@ -141,13 +141,8 @@ class StreamConsumer(AsyncConsumer):
             async for messages in stream.body():
                 await self._send(messages)
         except asyncio.CancelledError:
-            if subscriber.closed not in ("too-slow", "shutdown"):
+            if not cancelled_by_hub(subscriber):
                 raise
-            # The hub cancelled a write the client was not reading (too slow, or still
-            # blocked when a shutdown's drain ran out of time): close this stream only.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
         finally:
             if flow is not None:
                 flow.detach()

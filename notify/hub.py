@@ -166,6 +166,19 @@ class Subscriber:
             waiter.set_result(None)
 
 
+def cancelled_by_hub(subscriber: Subscriber) -> bool:
+    """For a stream's ``except asyncio.CancelledError``: whether the hub cancelled the
+    stream's task (a write its client was not reading, closed as too slow, or still blocked
+    when a shutdown's drain ran out of time). If so, the cancellation is taken back, and the
+    caller ends this stream only; if not, it re-raises."""
+    if subscriber.closed not in ("too-slow", "shutdown"):
+        return False
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return True
+
+
 class Hub:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker

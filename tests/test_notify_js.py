@@ -610,6 +610,18 @@ def test_websocket_stops_for_good_on_a_bad_request(server: Server, page: Page) -
     assert "space" in closed["message"]
 
 
+def assert_seen_missed_live(page: Page, seen: Event, missed: Event) -> None:
+    """After a reconnection: the event seen before, the one missed (replayed), and a live one
+    published now, each once."""
+    live = notify.publish("orders", {"n": 2})
+    events = wait_for_events(page, 3)
+    assert [(e["envelope"]["id"], e["replayed"]) for e in events] == [
+        (seen.id, False),
+        (missed.id, True),
+        (live.id, False),
+    ]
+
+
 def test_websocket_resumes_when_its_stream_ends(start_server: StartServer, page: Page) -> None:
     """A stream's lifetime is over (MAX_STREAM_SECONDS): the server closes with 4000, and the
     client reconnects after the retry delay from its cursor, missing nothing."""
@@ -623,13 +635,7 @@ def test_websocket_resumes_when_its_stream_ends(start_server: StartServer, page:
     wait_for_status(page, "reconnecting")
     missed = notify.publish("orders", {"n": 1})
     wait_for(page, "log.some(e => e.name === 'notify.catchup-end')")
-    live = notify.publish("orders", {"n": 2})
-    events = wait_for_events(page, 3)
-    assert [(e["envelope"]["id"], e["replayed"]) for e in events] == [
-        (seen.id, False),
-        (missed.id, True),
-        (live.id, False),
-    ]
+    assert_seen_missed_live(page, seen, missed)
     reconnecting = [e["info"] for e in log(page, "status") if e["state"] == "reconnecting"]
     # (No message: daphne drops the close frame's reason, and an ended stream sends no
     # notify.error.)
@@ -655,13 +661,7 @@ def test_websocket_comes_back_after_a_server_restart(start_server: StartServer, 
     wait_for(page, "log.some(e => e.info?.reason === 'network-error')")
     start_server(port=server.port)
     wait_for(page, "log.some(e => e.name === 'notify.catchup-end')")
-    live = notify.publish("orders", {"n": 2})
-    events = wait_for_events(page, 3)
-    assert [(e["envelope"]["id"], e["replayed"]) for e in events] == [
-        (seen.id, False),
-        (missed.id, True),
-        (live.id, False),
-    ]
+    assert_seen_missed_live(page, seen, missed)
     reconnecting = [e["info"] for e in log(page, "status") if e["state"] == "reconnecting"]
     shutdown = reconnecting[0]
     assert shutdown["code"] == 4012 and 250 <= shutdown["delay"] <= 2000, shutdown
