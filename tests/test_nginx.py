@@ -1,6 +1,7 @@
 """notify deployed as docs/deploy.md says: deploy/nginx.conf in front of two daphne
 processes that share the test's Redis and database; the command of deploy/notify@.service
-and deploy/Procfile.
+and deploy/Procfile. The stream is read over SSE (httpx), over a WebSocket (the
+``websockets`` package's sync client, tests/ws_client.py), and by Chromium.
 
 The nginx is Debian's (``make test`` installs it; ``NOTIFY_TEST_NGINX`` names another
 binary), run as a master process of the test's own on free ports: ``nginx -p <tmp> -c
@@ -9,11 +10,13 @@ configuration is the test's (``MAIN_CONF``); the site is deploy/nginx.conf with 
 machine chooses put in place: the processes' ports, the listening ports, the certificate
 (self-signed, made with openssl) and the static directory (filled by the demo project's
 ``manage.py collectstatic``). The main configuration adds one response header,
-``X-Upstream``, naming the process that answered.
+``X-Upstream``, naming the process that answered (a WebSocket's handshake too).
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import pwd
 import re
@@ -30,12 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import daphne.server
 import httpx
 import pytest
+from playwright.sync_api import Browser
+from websockets.exceptions import InvalidStatus
 
 import notify
-from notify import shutdown
+from notify import shutdown, websocket
 from notify.conf import DEFAULTS
+from notify.sse import CATCHUP_END, OPEN
 from tests.conftest import (
     ROOT,
     Server,
@@ -47,6 +54,7 @@ from tests.conftest import (
     stop_process,
 )
 from tests.processes import wait_for_port
+from tests.ws_client import WSClient, event_ids
 
 NGINX = os.environ.get("NOTIFY_TEST_NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
 SITE = ROOT / "deploy" / "nginx.conf"
@@ -54,6 +62,7 @@ UNIT = ROOT / "deploy" / "notify@.service"
 PROCFILE = ROOT / "deploy" / "Procfile"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 STREAM = "/notify/stream/?channel=orders"
+WS_STREAM = "/notify/ws/?channel=orders"
 TOKEN = secrets.token_urlsafe(32)
 
 MAIN_CONF = """\
@@ -132,8 +141,13 @@ class Nginx:
         """A new client context that trusts the test's certificate."""
         return ssl.create_default_context(cafile=self.certificate)
 
-    def url(self, path: str) -> str:
-        return f"https://127.0.0.1:{self.https_port}{path}"
+    def url(self, path: str, scheme: str = "https") -> str:
+        return f"{scheme}://127.0.0.1:{self.https_port}{path}"
+
+    @property
+    def origin(self) -> str:
+        """The site's own origin, which its pages send."""
+        return f"https://127.0.0.1:{self.https_port}"
 
     def get(self, path: str, **options: Any) -> httpx.Response:
         return httpx.get(self.url(path), verify=self.tls, **options)
@@ -159,8 +173,51 @@ class Nginx:
             raise
         return client
 
+    def websocket_client(
+        self, path: str = WS_STREAM, source: str = "127.0.0.1", **options: Any
+    ) -> WSClient:
+        """A WebSocket to ``path`` through nginx, from the address ``source`` (all of 127/8
+        is this machine). Its reads wait 3 s at most. ``options`` are WSClient's."""
+        return WSClient(
+            self.url(path, scheme="wss"),
+            timeout=3.0,
+            ssl=self.tls,
+            source_address=(source, 0),
+            **options,
+        )
+
+    def websocket(self, last_event_id: str | None = None, **options: Any) -> WSClient:
+        """A WebSocket stream of channel ``orders`` through nginx; without a cursor, once it
+        is open. ``options`` are ``websocket_client``'s."""
+        path = WS_STREAM if last_event_id is None else f"{WS_STREAM}&lastEventId={last_event_id}"
+        client = self.websocket_client(path, **options)
+        try:
+            assert client.next()["type"] == websocket.RETRY
+            if last_event_id is None:
+                assert client.next()["type"] == OPEN
+        except BaseException:
+            client.close()
+            raise
+        return client
+
     def log(self) -> str:
         return (self.prefix / "error.log").read_text(errors="replace")
+
+    def access_log(self) -> str:
+        return (self.prefix / "access.log").read_text(errors="replace")
+
+
+def upstream(client: WSClient) -> str:
+    """The processes nginx tried for a WebSocket's handshake, the one that answered last."""
+    response = client.connection.response
+    assert response is not None
+    return response.headers["X-Upstream"]
+
+
+def cursor(client: WSClient) -> str | None:
+    """What a client resumes from: the ``id`` of the last message that has one."""
+    ids = [message["id"] for message in client.received if message.get("id") is not None]
+    return str(ids[-1]) if ids else None
 
 
 @pytest.fixture(scope="module")
@@ -248,19 +305,36 @@ class Deployment:
         """The processes as nginx names them in ``X-Upstream``."""
         return {f"127.0.0.1:{server.port}" for server in self.servers}
 
+    def server_at(self, upstream: str) -> Server:
+        """The process that answered, from its ``X-Upstream``."""
+        (server,) = [s for s in self.servers if f"127.0.0.1:{s.port}" == upstream]
+        return server
+
 
 Deploy = Callable[..., Deployment]
 
 
 @pytest.fixture
 def deploy(start_server: StartServer, start_nginx: StartNginx) -> Deploy:
-    """``deploy(changes=None, **NOTIFY)``: two daphne processes run as docs/deploy.md runs
-    them (``--proxy-headers``), with heartbeats every second, and nginx in front."""
+    """``deploy(changes=None, allowed_hosts=["*"], server_args=(), **NOTIFY)``: two daphne
+    processes run as docs/deploy.md runs them (``--proxy-headers``, then ``server_args``),
+    with heartbeats every second, and nginx in front. ``allowed_hosts`` is their
+    ``ALLOWED_HOSTS``, which the WebSocket origin check reads."""
 
-    def start(changes: dict[str, str] | None = None, **notify_settings: Any) -> Deployment:
+    def start(
+        changes: dict[str, str] | None = None,
+        allowed_hosts: Sequence[str] = ("*",),
+        server_args: Sequence[str] = (),
+        **notify_settings: Any,
+    ) -> Deployment:
         notify_settings = {"HEARTBEAT_SECONDS": 1, "PUBLISH_TOKENS": [TOKEN], **notify_settings}
         servers = [
-            start_server(server_args=["--proxy-headers"], **notify_settings) for _ in range(2)
+            start_server(
+                server_args=["--proxy-headers", *server_args],
+                env={"NOTIFY_TEST_ALLOWED_HOSTS": json.dumps(list(allowed_hosts))},
+                **notify_settings,
+            )
+            for _ in range(2)
         ]
         return Deployment(servers, start_nginx([server.port for server in servers], changes))
 
@@ -322,12 +396,51 @@ def test_the_procfile_runs_the_units_command_on_the_upstreams_ports():
     assert PROCFILE.read_text().splitlines() == expected
 
 
+def location(path: str) -> str:
+    """The text of ``location = <path> { ... }`` in deploy/nginx.conf."""
+    found = re.search(
+        rf"^    location = {re.escape(path)} \{{\n.*?^    \}}\n", SITE.read_text(), re.S | re.M
+    )
+    assert found is not None, f"deploy/nginx.conf should have a location = {path}"
+    return found[0]
+
+
+def in_location(path: str, old: str, new: str) -> dict[str, str]:
+    """A change for ``start_nginx``: ``old`` replaced by ``new`` in that location only."""
+    text = location(path)
+    assert text.count(old) == 1, f"location = {path} should hold {old!r} once"
+    return {text: text.replace(old, new)}
+
+
+def read_timeout(path: str) -> int:
+    timeout = re.search(r"^        proxy_read_timeout (\d+)s;$", location(path), re.M)
+    assert timeout is not None, f"location = {path} should set proxy_read_timeout"
+    return int(timeout[1])
+
+
 def test_the_stream_outlasts_the_default_heartbeat():
-    location = re.search(r"location = /notify/stream/ \{(.*?)\}", SITE.read_text(), re.S)
-    assert location is not None
-    timeout = re.search(r"proxy_read_timeout (\d+)s;", location[1])
-    assert timeout is not None
-    assert int(timeout[1]) >= 2 * DEFAULTS["HEARTBEAT_SECONDS"]
+    assert read_timeout("/notify/stream/") >= 2 * DEFAULTS["HEARTBEAT_SECONDS"]
+
+
+def test_the_websocket_outlasts_daphnes_default_ping_interval():
+    ping_interval = inspect.signature(daphne.server.Server).parameters["ping_interval"].default
+    assert read_timeout("/notify/ws/") >= 2 * ping_interval
+
+
+def proxy_headers(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^ +proxy_set_header (\S+) (.+);$", text, re.M))
+
+
+def test_the_websocket_location_sends_the_servers_headers_and_the_upgrade():
+    """A location that sets a header of its own inherits none of the server's: the
+    WebSocket's sets every one again (X-Forwarded-For is what MAX_STREAMS_PER_IP counts)."""
+    server = proxy_headers(SITE.read_text().split("    location ")[0])
+    assert set(server) == {"Connection", "Host", "X-Forwarded-For", "X-Forwarded-Proto"}
+    assert proxy_headers(location("/notify/ws/")) == {
+        **server,
+        "Upgrade": "$http_upgrade",
+        "Connection": "$connection_upgrade",
+    }
 
 
 # -- nginx alone ------------------------------------------------------------------------
@@ -423,7 +536,8 @@ def test_heartbeats_pass_through_and_keep_the_stream_open_past_the_read_timeout(
 ):
     # Heartbeats every 0.5 s; this nginx gives up on a silent process after 1 s.
     nginx = deploy(
-        {"proxy_read_timeout 60s;": "proxy_read_timeout 1s;"}, HEARTBEAT_SECONDS=0.5
+        in_location("/notify/stream/", "proxy_read_timeout 60s;", "proxy_read_timeout 1s;"),
+        HEARTBEAT_SECONDS=0.5,
     ).nginx
     arrivals: list[float] = []
     with RawStream(nginx) as stream:
@@ -533,3 +647,175 @@ def test_a_process_that_stops_sends_its_clients_to_the_others(deploy: Deploy):
         with nginx.stream() as client:
             # nginx names every process it tried: the stopped one refuses the connection.
             assert client.response.headers["X-Upstream"].split(", ")[-1] in remaining
+
+
+# -- WebSocket streams through nginx ----------------------------------------------------
+
+
+def is_catchup_end(message: dict[str, Any]) -> bool:
+    return message.get("type") == CATCHUP_END
+
+
+def test_websocket_events_are_not_held_back(deploy: Deploy):
+    """As for the SSE stream: within 100 ms of the publish, the best of five. nginx relays an
+    upgraded connection's frames as they come (``proxy_buffering`` does not apply)."""
+    deployment = deploy()
+    delays: list[float] = []
+    with deployment.nginx.websocket() as client:
+        assert upstream(client) in deployment.upstreams
+        for n in range(5):
+            event = notify.publish("orders", {"n": n})
+            published = time.monotonic()
+            message = client.next()
+            delays.append(time.monotonic() - published)
+            assert (message["id"], message["data"]) == (event.id, {"n": n})
+    assert min(delays) < 0.1, [f"{delay * 1000:.0f} ms" for delay in delays]
+
+
+def test_daphnes_pings_keep_an_idle_websocket_open_past_the_read_timeout(deploy: Deploy):
+    # daphne looks every 2 s, so --ping-interval 1 pings every 2 s; this nginx gives up on a
+    # silent process after 4 s; the client sends no ping of its own.
+    nginx = deploy(
+        in_location("/notify/ws/", "proxy_read_timeout 60s;", "proxy_read_timeout 4s;"),
+        server_args=["--ping-interval", "1"],
+    ).nginx
+    with nginx.websocket() as client:
+        time.sleep(6)
+        event = notify.publish("orders", {"n": "after 6 s"})
+        assert client.next()["id"] == event.id
+
+
+def test_a_websocket_client_that_resumes_from_its_cursor_gets_what_it_missed(
+    deploy: Deploy,
+):
+    deployment = deploy()
+    nginx = deployment.nginx
+    with nginx.websocket() as client:
+        seen = notify.publish("orders", {"n": "seen"})
+        assert client.next()["id"] == seen.id
+        first = upstream(client)
+    missed = [notify.publish("orders", {"n": n}) for n in range(3)]
+
+    with nginx.websocket(last_event_id=str(seen.id)) as client:
+        # nginx passes the query string on, to the other process this time.
+        assert upstream(client) in deployment.upstreams - {first}
+        assert event_ids(client.until(is_catchup_end)) == [event.id for event in missed]
+        live = notify.publish("orders", {"n": "live"})
+        assert client.next()["id"] == live.id
+
+
+def test_the_origin_check_refuses_other_sites_pages_through_nginx(deploy: Deploy):
+    """nginx passes Origin on: a page of another site is refused at the handshake (the
+    browser would send it the site's cookies); the site's own pages, the origins of
+    CORS_ALLOWED_ORIGINS and clients that send no Origin (not browsers) are let in."""
+    nginx = deploy(
+        allowed_hosts=["127.0.0.1"], CORS_ALLOWED_ORIGINS=["https://app.example.com"]
+    ).nginx
+    with pytest.raises(InvalidStatus) as refused:
+        nginx.websocket(origin="https://evil.example.com")
+    assert refused.value.response.status_code == 403
+    for origin in [nginx.origin, "https://app.example.com", None]:
+        with nginx.websocket(origin=origin) as client:
+            event = notify.publish("orders", {"origin": origin})
+            assert client.next()["id"] == event.id, origin
+
+
+def test_websocket_streams_are_counted_per_client_address_over_every_process(
+    deploy: Deploy,
+):
+    """The WebSocket location sets X-Forwarded-For as the SSE one does: MAX_STREAMS_PER_IP
+    counts browsers, not nginx, and a client cannot put an address of its own in it."""
+    nginx = deploy(MAX_STREAMS_PER_IP=1).nginx
+    with nginx.websocket(), nginx.websocket(source="127.0.0.2"):  # another address
+        spoofed = {"X-Forwarded-For": "192.0.2.1"}
+        with nginx.websocket_client(source="127.0.0.2", headers=spoofed) as again:
+            assert again.ended().code == websocket.TOO_MANY
+            error = again.received[-1]
+            assert (error["type"], error["code"]) == (websocket.ERROR, websocket.TOO_MANY)
+            assert "this address" in error["reason"]
+
+
+def test_a_process_that_stops_sends_its_websocket_clients_to_the_others(deploy: Deploy):
+    """A rolling restart, one process, over WebSockets: its stream gets a short
+    ``notify.retry`` and is closed with the shutdown code, and the client resumes through
+    nginx on the other process and misses nothing."""
+    deployment = deploy()
+    nginx = deployment.nginx
+    with nginx.websocket() as client:
+        seen = notify.publish("orders", {"n": "seen"})
+        assert client.next()["id"] == seen.id
+        stopping = deployment.server_at(upstream(client))
+        stopping.process.terminate()
+        assert client.ended().code == websocket.SHUTDOWN
+        last = client.received[-1]
+        assert last["type"] == websocket.RETRY
+        assert shutdown.RECONNECT_MIN_MS <= last["retry"] <= shutdown.RECONNECT_MAX_MS
+        resume_from = cursor(client)
+    assert resume_from == str(seen.id)
+    assert stopping.process.wait(timeout=10) == 0
+    missed = notify.publish("orders", {"n": "while reconnecting"})
+
+    remaining = deployment.upstreams - {f"127.0.0.1:{stopping.port}"}
+    with nginx.websocket(last_event_id=resume_from) as client:
+        # nginx names every process it tried: the stopped one refuses the connection.
+        assert upstream(client).split(", ")[-1] in remaining
+        assert event_ids(client.until(is_catchup_end)) == [missed.id]
+        live = notify.publish("orders", {"n": "live"})
+        assert client.next()["id"] == live.id
+
+
+# Opens a WebSocket in a page; what it receives goes to ``received``, its close code too.
+OPEN_WEBSOCKET = """url => {
+    window.received = [];
+    const socket = new WebSocket(url);
+    socket.onmessage = message => received.push(JSON.parse(message.data));
+    socket.onclose = close => received.push({closed: close.code});
+}"""
+
+
+# Last in the module: the ``chromium`` fixture lets the tests call the ORM while its event
+# loop runs, until the module ends.
+def test_a_browser_on_an_http2_page_opens_its_websocket_over_http11(
+    deploy: Deploy, chromium: Browser
+):
+    """nginx does not offer WebSockets over HTTP/2 (RFC 8441: its SETTINGS frame has no
+    ENABLE_CONNECT_PROTOCOL), so Chromium, on a page it loaded over HTTP/2, makes the
+    handshake on an HTTP/1.1 connection of its own; the stream works. The browser sends
+    its page's origin: the site's own is let in, another's refused."""
+    nginx = deploy(allowed_hosts=["127.0.0.1"]).nginx
+    stream = nginx.url(WS_STREAM, scheme="wss")
+    context = chromium.new_context(ignore_https_errors=True)  # the test's own certificate
+    try:
+        page = context.new_page()
+        page.goto(nginx.url("/static/demo.css"))
+        navigation = "performance.getEntriesByType('navigation')[0].nextHopProtocol"
+        assert page.evaluate(navigation) == "h2"
+        page.evaluate(OPEN_WEBSOCKET, stream)
+        page.wait_for_function("received.length >= 2")  # notify.retry, notify.open
+        event = notify.publish("orders", {"from": "a browser"})
+        page.wait_for_function("received.length >= 3")
+        received = page.evaluate("received")
+
+        # Another site's page (localhost is not in ALLOWED_HOSTS): refused at the handshake.
+        foreign = context.new_page()
+        foreign.goto(f"https://localhost:{nginx.https_port}/static/demo.css")
+        foreign.evaluate(OPEN_WEBSOCKET, stream)
+        foreign.wait_for_function("received.length >= 1")
+        assert foreign.evaluate("received") == [{"closed": 1006}]  # no connection
+    finally:
+        context.close()
+    assert [message.get("type") for message in received[:2]] == [websocket.RETRY, OPEN]
+    assert received[2]["id"] == event.id
+    handshake = (WS_STREAM, "HTTP/1.1", "101")
+    # nginx logs a request as it ends: the WebSocket's, once the browser has closed it.
+    deadline = time.monotonic() + 5
+    while handshake not in (requests := logged_requests(nginx)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ("/static/demo.css", "HTTP/2.0", "200") in requests
+    assert handshake in requests
+    assert (WS_STREAM, "HTTP/1.1", "403") in requests
+
+
+def logged_requests(nginx: Nginx) -> list[tuple[str, str, str]]:
+    """(path, protocol, status) of each GET in nginx's access log."""
+    return re.findall(r'"GET (\S+) (HTTP/[\d.]+)" (\d+)', nginx.access_log())
