@@ -13,3 +13,11 @@ from notify.routing import websocket_application  # noqa: E402
 application = ProtocolTypeRouter(
     {"http": NotifyASGIHandler(django_application), "websocket": websocket_application()}
 )
+
+# The WebSocket stream without Channels' AuthMiddlewareStack: the consumer reads the session.
+application_without_auth_middleware = ProtocolTypeRouter(
+    {
+        "http": NotifyASGIHandler(django_application),
+        "websocket": websocket_application(auth_middleware=False),
+    }
+)

@@ -194,8 +194,11 @@ def test_a_malformed_request_is_closed_with_4400_and_its_reason(server):
     assert "Traceback" not in server.output()
 
 
-def test_forbidden_channels_are_closed_with_4403_and_the_users_own_are_open(start_server):
-    server = start_server(AUTHORIZE=POLICY)
+@pytest.mark.parametrize(
+    "app", ["tests.asgi:application", "tests.asgi:application_without_auth_middleware"]
+)
+def test_forbidden_channels_are_closed_with_4403_and_the_users_own_are_open(start_server, app):
+    server = start_server(app=app, AUTHORIZE=POLICY)
     alice = User.objects.create_user("alice")
     url = ws_url(server, "news", "staff", f"user:{alice.pk}")
     assert_refused(url, 4403, f'not allowed to read channels "staff", "user:{alice.pk}"')
