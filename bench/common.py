@@ -177,8 +177,8 @@ class ServerHandle:
     def pid(self) -> int:
         return self.process.pid
 
-    def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str = "/", scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")

@@ -20,7 +20,14 @@ from bench.common import db_connections, proc_status
 from bench.loadgen import LoadGenProcess
 from bench.targets import Target, get_target
 
-DEFAULT_TARGETS = ("notify-daphne", "notify-uvicorn", "bare-daphne", "bare-uvicorn")
+DEFAULT_TARGETS = (
+    "notify-daphne",
+    "notify-daphne-ws",
+    "notify-uvicorn",
+    "notify-uvicorn-ws",
+    "bare-daphne",
+    "bare-uvicorn",
+)
 
 
 class Snapshot(NamedTuple):

@@ -26,7 +26,14 @@ from bench.common import cpu_seconds
 from bench.loadgen import LoadGenProcess
 from bench.targets import Target, get_target
 
-DEFAULT_TARGETS = ("notify-daphne", "notify-uvicorn", "bare-daphne", "bare-uvicorn")
+DEFAULT_TARGETS = (
+    "notify-daphne",
+    "notify-daphne-ws",
+    "notify-uvicorn",
+    "notify-uvicorn-ws",
+    "bare-daphne",
+    "bare-uvicorn",
+)
 # Seconds between the last connection opening and the first publish, so that the latency
 # is not that of a server still busy accepting.
 SETTLE = 1.0

@@ -1,17 +1,35 @@
-"""The load generator: many concurrent SSE clients on raw asyncio sockets, in one process.
+"""The load generator: many concurrent SSE or WebSocket clients on raw asyncio sockets, in
+one process.
 
     taskset -c 1 .venv/bin/python -m bench.loadgen http://127.0.0.1:8000/notify/stream/ \\
         --clients 1000 --events 100 --duration 30
+    taskset -c 1 .venv/bin/python -m bench.loadgen ws://127.0.0.1:8000/notify/ws/ ...
 
-Opens ``--clients`` connections (in waves of ``--wave``, or ``--all-at-once``), each an
-HTTP/1.1 GET read as plain or chunked. A connection counts as open at its status ``200``
-and first body bytes; its connect time runs from its ``connect()`` to then. Once all are
-open (or failed) it prints ``ready``. From then on every event whose data line holds
-``"t": <float>`` (the ``time.time()`` of its publish) is counted for its connection, and
-``now - t`` goes into a histogram of 0.1 ms bins, so that 10k clients cost no more memory
-than 100 and p50/p99 stay exact to 0.1 ms. A second histogram, the spread, holds each
-arrival's delay after the same event's first arrival on any stream: the server's fan-out
-alone, without the publisher's database write and Redis hop before it.
+Opens ``--clients`` connections (in waves of ``--wave``, or ``--all-at-once``).
+
+- ``http://``: each an HTTP/1.1 GET read as plain or chunked. A connection counts as open at
+  its status ``200`` and first body bytes.
+- ``ws://``: each a WebSocket upgrade (RFC 6455): a ``Sec-WebSocket-Key`` of its own, then
+  status ``101`` and the matching ``Sec-WebSocket-Accept`` are required, and the server's
+  frames are read (7, 16 and 64-bit lengths; fragmented messages are joined). A
+  connection counts as open at its first text message other than ``notify.retry`` (which
+  every connection gets first, a refused one too) and ``notify.error``: at its
+  ``notify.open``, sent once the stream is subscribed. A connection closed before that
+  is failed by its close code (``close-<code>``: a refusal says why in its
+  ``notify.error`` just before). Pings are
+  answered with a pong (masked, as everything a client sends must be): daphne pings
+  every 20 s and closes a connection whose pong has not come 30 s later. A close frame is
+  echoed; the stream then counts as closed early.
+
+A connection's connect time runs from its ``connect()`` to its opening. Once all are open
+(or failed) it prints ``ready``. From then on every event that holds ``"t": <float>`` (the
+``time.time()`` of its publish) is counted for its connection, and ``now - t`` goes into a
+histogram of 0.1 ms bins, so that 10k clients cost no more memory than 100 and p50/p99
+stay exact to 0.1 ms. An event is an SSE event's data line, or a WebSocket text message
+(notify's is that same data line: the envelope, the payload in its ``data``), so both
+transports are timed alike. A second histogram, the spread, holds each arrival's delay
+after the same event's first arrival on any stream: the server's fan-out alone, without
+the publisher's database write and Redis hop before it.
 
 The measurement ends when every open connection has ``--events`` events, ``--duration``
 seconds after ``ready``, on ``stop`` read from stdin (with ``--control``), or on SIGTERM or
@@ -19,16 +37,21 @@ SIGINT; it then prints one JSON line of results. With ``--control`` it keeps the
 connections open until stdin ends, so that a scenario can read the server's state (CPU,
 memory) before the clients leave.
 
-Cheap per event on purpose, so that the client is never what is measured: each read is
+Cheap per event on purpose, so that the client is never what is measured: each SSE read is
 de-chunked with ``bytes.find`` and scanned with one regular expression; nothing parses SSE.
+A WebSocket read is cut into frames by their headers and each text message searched once
+with the same expression: nothing decodes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
+import os
 import queue
 import re
 import resource
@@ -49,6 +72,14 @@ EVENT_END = b"\n\n"
 BIN_SECONDS = 0.0001  # histogram resolution: 0.1 ms
 MAX_BINS = 600_000  # up to 60 s; slower events land in the last bin (the max stays exact)
 MAX_HEAD = 16384  # a response head longer than this is not from an SSE server
+
+# RFC 6455: the key's digest with this GUID is the server's Sec-WebSocket-Accept (4.2.2);
+# the opcodes (5.2).
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+# The messages notify sends before a stream opens, and before it refuses one
+# (notify.websocket): neither opens the connection.
+NOT_OPEN = (b'"type": "notify.retry"', b'"type": "notify.error"')
 
 
 class Histogram:
@@ -103,17 +134,25 @@ class Run:
 
     def __init__(self, url: str, expected: int | None) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "http" or parts.hostname is None:
-            raise SystemExit(f"{url}: only http://host:port/path URLs are supported")
+        if parts.scheme not in ("http", "ws") or parts.hostname is None:
+            raise SystemExit(f"{url}: only http:// and ws://host:port/path URLs are supported")
         self.host = parts.hostname
         self.port = parts.port or 80
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        self.request = (
-            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
-        ).encode("latin-1")
+        head = f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        self.protocol: type[Stream]
+        if parts.scheme == "ws":
+            self.protocol = WebSocketStream
+            # Each connection ends it with its own key and the blank line.
+            head += "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            self.request = (head + "Sec-WebSocket-Key: ").encode("latin-1")
+        else:
+            self.protocol = Stream
+            head += "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+            self.request = head.encode("latin-1")
+        self.transport = "websocket" if parts.scheme == "ws" else "sse"
         self.expected = expected
         self.latency = Histogram()
         # Time from an event's first arrival, on any stream, to its arrival on each: the
@@ -124,6 +163,7 @@ class Run:
         self.connect_seconds: list[float] = []
         self.failures: Counter[str] = Counter()
         self.closed_early = 0
+        self.pings = 0  # WebSocket pings answered
         self.complete = 0  # streams that received ``expected`` events
         self.finished = asyncio.Event()
         self.ready = False  # every connection is open or failed
@@ -198,13 +238,20 @@ class Stream(asyncio.Protocol):
             return b""
         status_line, _, headers = head[:end].partition(b"\r\n")
         status = status_line.split(b" ", 2)[1] if status_line.count(b" ") else b"?"
-        if status != b"200":
-            self._fail(f"status-{status.decode('latin-1')}")
+        problem = self._check_head(status, headers)
+        if problem is not None:
+            self._fail(problem)
             return b""
         self.head = b""
         self.reading_head = False
-        self.chunked = b"transfer-encoding: chunked" in headers.lower()
         return head[end + 4 :]
+
+    def _check_head(self, status: bytes, headers: bytes) -> str | None:
+        """Why the response's status and headers are not a stream's; None if they are."""
+        if status != b"200":
+            return f"status-{status.decode('latin-1')}"
+        self.chunked = b"transfer-encoding: chunked" in headers.lower()
+        return None
 
     def _dechunk(self, data: bytes) -> bytes:
         raw = self.raw + data if self.raw else data
@@ -265,9 +312,129 @@ class Stream(asyncio.Protocol):
             self.run.check_finished()
 
 
+class WebSocketStream(Stream):
+    """One WebSocket connection: the upgrade, the server's frames, and the events it counts.
+
+    The server's frames are unmasked; the few this client sends (pongs, the close echo) are
+    masked, as RFC 6455 requires of a client."""
+
+    __slots__ = ("fragments", "frames", "key")
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        self.key = base64.b64encode(os.urandom(16))
+        self.frames = b""  # the start of a frame whose end has not arrived yet
+        self.fragments: list[bytes] | None = None  # a fragmented text message so far
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.run.request + self.key + b"\r\n\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        if self.reading_head:
+            data = self._read_head(data)
+            if not data:
+                return
+        self._read_frames(data, now)
+
+    def _check_head(self, status: bytes, headers: bytes) -> str | None:
+        if status != b"101":
+            return f"status-{status.decode('latin-1')}"
+        expected = base64.b64encode(hashlib.sha1(self.key + WEBSOCKET_GUID).digest())
+        for line in headers.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"sec-websocket-accept":
+                return None if value.strip() == expected else "bad-accept"
+        return "no-accept"
+
+    def _read_frames(self, data: bytes, now: float) -> None:
+        buffer = self.frames + data if self.frames else data
+        size = len(buffer)
+        position = 0
+        while size - position >= 2:
+            first, second = buffer[position], buffer[position + 1]
+            if second & 0x80:
+                self._fail("masked-frame")  # a server must not mask (RFC 6455, 5.1)
+                return
+            length = second & 0x7F
+            start = position + 2
+            if length == 126:
+                start += 2
+            elif length == 127:
+                start += 8
+            if start > size:
+                break
+            if length >= 126:
+                length = int.from_bytes(buffer[position + 2 : start], "big")
+            end = start + length
+            if end > size:
+                break
+            if not self._frame(first, buffer[start:end], now):
+                return
+            position = end
+        self.frames = buffer[position:]
+
+    def _frame(self, first: int, payload: bytes, now: float) -> bool:
+        """Take one frame; False when the connection failed (read nothing more)."""
+        final = first & 0x80
+        opcode = first & 0x0F
+        if opcode == TEXT and final:
+            self._message(payload, now)
+        elif opcode == TEXT:
+            self.fragments = [payload]
+        elif opcode == CONTINUATION and self.fragments is not None:
+            self.fragments.append(payload)
+            if final:
+                message = b"".join(self.fragments)
+                self.fragments = None
+                self._message(message, now)
+        elif opcode == PING:
+            self.run.pings += 1
+            self._send(PONG, payload)
+        elif opcode == CLOSE:
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+            self._send(CLOSE, payload[:2])  # the echo; the server then closes the TCP side
+            if not self.opened.done():
+                self._fail(f"close-{code}")
+                return False
+        elif opcode != PONG:
+            self._fail(f"opcode-{opcode}")  # notify sends text only
+            return False
+        return True
+
+    def _message(self, text: bytes, now: float) -> None:
+        if not self.opened.done():
+            if any(kind in text for kind in NOT_OPEN):
+                return
+            self.opened.set_result(None)
+        match = T_FIELD.search(text)
+        if match is None:  # a control message: notify.retry, notify.open, ...
+            return
+        stamp = match.group(1)
+        run = self.run
+        run.latency.add(now - float(stamp))
+        run.spread.add(now - run.first_arrival.setdefault(stamp, now))
+        self.events += 1
+        if self.events == run.expected:
+            run.complete += 1
+            run.check_finished()
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        """A control frame (payload at most 125 bytes), masked."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        mask = os.urandom(4)
+        length = len(payload)
+        keystream = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
+        masked = (int.from_bytes(payload, "big") ^ keystream).to_bytes(length, "big")
+        self.transport.write(bytes((0x80 | opcode, 0x80 | length)) + mask + masked)
+
+
 async def open_stream(run: Run, connect_timeout: float) -> None:
     loop = asyncio.get_running_loop()
-    stream = Stream(run)
+    stream = run.protocol(run)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(connect_timeout):
@@ -325,6 +492,7 @@ def summary(run: Run, clients: int, open_seconds: float, measured: float) -> dic
         return connect[max(0, min(len(connect) - 1, round(p / 100 * len(connect)) - 1))]
 
     return {
+        "transport": run.transport,
         "clients": clients,
         "opened": len(run.streams),
         "failed": dict(run.failures),
@@ -338,6 +506,7 @@ def summary(run: Run, clients: int, open_seconds: float, measured: float) -> dic
         if connect
         else None,
         "closed_early": run.closed_early,
+        "pings_answered": run.pings,
         "measured_seconds": round(measured, 3),
         "events": {
             "total": sum(counts),
@@ -391,7 +560,9 @@ def raise_fd_limit() -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("url", help="the stream's URL, http://127.0.0.1:PORT/path?query")
+    parser.add_argument(
+        "url", help="the stream's URL: http://127.0.0.1:PORT/path?query (SSE) or ws://... "
+    )
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--wave", type=int, default=100, help="connections opened together")
     parser.add_argument("--all-at-once", action="store_true", help="open every connection together")

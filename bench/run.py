@@ -7,7 +7,7 @@ Every target runs on one PostgreSQL: a private cluster the run starts (``bench.p
 ``max_connections=1200``, since django-eventstream holds a connection per open stream) and
 removes at the end, or the server of ``DATABASE_URL`` when it is set.
 
-    python -m bench.run                 # everything, the issue's sizes (about 7 min here)
+    python -m bench.run                 # everything, the issue's sizes (about 9 min here)
     python -m bench.run --quick         # small sizes, a few minutes: does it all run?
     python -m bench.run --only latency --only idle
 """
@@ -33,6 +33,10 @@ from bench.targets import all_targets, services
 
 RESULTS = ROOT / "bench" / "results"
 SERVERS = ("notify-daphne", "notify-uvicorn", "bare-daphne", "bare-uvicorn")
+# notify's WebSocket stream, each run right after the SSE stream of the same server (the
+# machine's load drifts less between neighbours): in the idle scenario, and at the first
+# latency size (1k clients).
+WEBSOCKET = {"notify-daphne": "notify-daphne-ws", "notify-uvicorn": "notify-uvicorn-ws"}
 PEER = "eventstream-daphne"
 
 
@@ -85,10 +89,17 @@ def scenarios(quick: bool) -> dict[str, Callable[[], list[dict[str, Any]]]]:
         "redis_prefix": env["BENCH_REDIS_PREFIX"],
     }
     servers = [targets[name] for name in SERVERS]
+    # The servers with notify's WebSocket stream beside its SSE one.
+    transports = [
+        targets[name]
+        for server in SERVERS
+        for name in (server, WEBSOCKET.get(server))
+        if name is not None
+    ]
     peer = targets.get(PEER)
 
     def idle_runs() -> list[dict[str, Any]]:
-        runs = [idle.run(t, n) for n in size["idle"] for t in servers]
+        runs = [idle.run(t, n) for n in size["idle"] for t in transports]
         if peer is not None:
             # A thread and a database connection per stream (the private cluster allows
             # 1,200; a DATABASE_URL server with fewer stops it there): one size shows it.
@@ -97,7 +108,9 @@ def scenarios(quick: bool) -> dict[str, Callable[[], list[dict[str, Any]]]]:
         return runs
 
     def latency_runs() -> list[dict[str, Any]]:
-        runs = [latency.run(t, c, r, s) for c, r, s in size["latency"] for t in servers]
+        first, *others = size["latency"]
+        runs = [latency.run(t, *first) for t in transports]
+        runs += [latency.run(t, c, r, s) for c, r, s in others for t in servers]
         if peer is not None:
             # Where django-eventstream serves even on a default PostgreSQL (a thread and a
             # database connection per stream: below max_connections 100), beside notify...

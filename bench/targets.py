@@ -1,13 +1,19 @@
-"""What the scenarios measure: a server serving SSE streams, and how to publish to it.
+"""What the scenarios measure: a server serving streams, and how to publish to it.
 
 A ``Target`` says how to start its server (``start``: an ASGI app on daphne or uvicorn,
 pinned to a core, with an optional listen backlog), where its stream is, and how to publish
 the bench payload to it (``publisher``: a command taking ``--rate R --count N`` that
 publishes N events at R per second and prints a JSON summary as its last line).
 
-    notify-daphne, notify-uvicorn   notify (bench.settings, bench.asgi) on PostgreSQL + Redis
+    notify-daphne, notify-uvicorn   notify (bench.settings, bench.asgi) on PostgreSQL + Redis,
+                                    its SSE stream
+    notify-daphne-ws, ...-uvicorn-ws  the same server and application, the same channel,
+                                    read over notify's WebSocket stream (/notify/ws/)
     bare-daphne, bare-uvicorn       bench.bare_asgi: no Django, no database, the same Redis
     eventstream-daphne              django-eventstream 5.x (bench/eventstream/), in .bench-venv
+
+uvicorn serves WebSockets with the ``websockets`` package (``--ws auto``: in uvicorn 0.54,
+its sans-I/O protocol); daphne with autobahn, on Twisted.
 
 The services come from the environment when a target is built: ``DATABASE_URL`` (default
 postgres://postgres@127.0.0.1:5432/notify_bench; ``bench.run`` sets it to the private
@@ -28,7 +34,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.common import (
@@ -64,6 +70,9 @@ class Target:
     database: str | None = None
     # Run once before the server starts (migrations); None: nothing to prepare.
     prepare_command: tuple[str, ...] | None = None
+    # "http" for an SSE stream, "ws" for a WebSocket one: the stream URL's scheme, which
+    # sets the load generator's mode.
+    scheme: str = "http"
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, **self.env}
@@ -89,7 +98,7 @@ class Target:
         )
 
     def stream_url(self, server: ServerHandle) -> str:
-        return server.url(self.stream_path)
+        return server.url(self.stream_path, self.scheme)
 
     def publisher(self, rate: float, count: int, core: int | None = CLIENT_CORE) -> list[str]:
         """The command that publishes ``count`` events at ``rate`` per second."""
@@ -132,6 +141,18 @@ def notify_target(server: str) -> Target:
     )
 
 
+def notify_websocket_target(server: str) -> Target:
+    """notify's target read over its WebSocket stream: the same server command, application,
+    channel and publisher as ``notify_target``'s SSE stream."""
+    sse = notify_target(server)
+    return replace(
+        sse,
+        name=f"{sse.name}-ws",
+        stream_path="/notify/ws/?channel=public:bench",
+        scheme="ws",
+    )
+
+
 def bare_target(server: str) -> Target:
     env = services()
     channel = f"{env['BENCH_REDIS_PREFIX']}:bare"
@@ -166,7 +187,11 @@ def eventstream_target() -> Target | None:
 
 def all_targets(include_eventstream: bool = True) -> dict[str, Target]:
     """Every target by name; eventstream's only when it can run here."""
-    built = [*map(notify_target, SERVERS), *map(bare_target, SERVERS)]
+    built = [
+        *map(notify_target, SERVERS),
+        *map(notify_websocket_target, SERVERS),
+        *map(bare_target, SERVERS),
+    ]
     targets = {target.name: target for target in built}
     if include_eventstream and (eventstream := eventstream_target()) is not None:
         targets[eventstream.name] = eventstream
