@@ -20,8 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from channels.consumer import AsyncConsumer, get_handler_name
-from channels.exceptions import StopConsumer
+from channels.consumer import AsyncConsumer
 from django.core.exceptions import ValidationError
 
 from notify import limits, metrics, shutdown, websocket
@@ -60,55 +59,58 @@ def server_send(send: Send) -> Send:
 
 
 class StreamConsumer(AsyncConsumer):
-    """One WebSocket stream. The stream runs in a task of its own; the consumer's loop
-    only waits for the client to leave."""
+    """One WebSocket stream, routed by Channels like any consumer (``as_asgi()``).
 
-    stream: asyncio.Task[None] | None = None
+    It runs its own ``__call__`` instead of Channels' message dispatch: the stream writes
+    from the connection's task while one watcher waits for the client to leave, as the SSE
+    stream does. Channels' loop would hold a task more per connection, and, in a project
+    with ``CHANNEL_LAYERS``, a channel of the layer with a receive on it per connection:
+    the stream takes its events from the process's hub, never from a channel layer.
+    """
+
     subscriber: Subscriber | None = None
     server_send: Send
 
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # As AsyncConsumer.dispatch, without its close_old_connections() before every
-        # message: a thread-pool hop per message, for a consumer whose database work all
-        # goes through notify.db.db_call (which closes its connections itself).
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
-
-    async def websocket_connect(self, message: dict[str, Any]) -> None:
-        self.stream = asyncio.get_running_loop().create_task(self._run())
-
-    async def websocket_receive(self, message: dict[str, Any]) -> None:
-        """Clients have nothing to say: what they send is ignored."""
-
-    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        if self.subscriber is not None:
-            self.subscriber.close("client-gone")
-        stream = self.stream
-        if stream is not None and not stream.done():
-            stream.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stream
-        raise StopConsumer
-
-    async def _run(self) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.scope = scope
+        self.base_send = send
+        self.server_send = server_send(send)
+        if (await receive())["type"] != "websocket.connect":
+            return  # the client left before its handshake was answered
+        task = asyncio.current_task()
+        watcher = asyncio.ensure_future(_until_disconnect(receive))
+        watcher.add_done_callback(lambda done: self._client_gone(done, task))
         try:
             await self._serve()
+        except asyncio.CancelledError:
+            if not watcher.done():
+                raise
+            # The client left while the stream was being let in (see _client_gone).
+            if task is not None:
+                task.uncancel()
         except CONNECTION_CLOSED:
             # The client closed while a message was on its way (its close frame came in
             # before the server told this consumer): the client is gone, nothing failed.
-            if self.subscriber is not None:
-                self.subscriber.close("client-gone")
+            pass
         except Exception:
-            # Nobody awaits this task: say what went wrong, and end the connection.
             logger.exception("notify: a WebSocket stream failed")
             with contextlib.suppress(Exception):
                 await self._close(websocket.INTERNAL_ERROR, "internal error")
+        finally:
+            watcher.cancel()
+
+    def _client_gone(self, watcher: asyncio.Future[None], task: asyncio.Task[Any] | None) -> None:
+        """The client left: a stream ends at its next turn; before it has a subscriber
+        (waiting for the database or the broker to let it in), its task is cancelled."""
+        if watcher.cancelled():
+            return  # the stream ended first, and stopped the watcher
+        if self.subscriber is not None:
+            self.subscriber.close("client-gone")
+        elif task is not None and not task.done():
+            task.cancel()
 
     async def _serve(self) -> None:
         scope = self.scope
-        self.server_send = server_send(self.base_send)
         await self.server_send({"type": "websocket.accept"})
         params = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         try:
@@ -167,3 +169,8 @@ class StreamConsumer(AsyncConsumer):
         await self.server_send(
             {"type": "websocket.close", "code": code, "reason": websocket.close_reason(reason)}
         )
+
+
+async def _until_disconnect(receive: Any) -> None:
+    while (await receive())["type"] != "websocket.disconnect":
+        pass  # what the client sends is ignored: it has nothing to say
