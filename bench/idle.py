@@ -18,16 +18,9 @@ from typing import Any, NamedTuple
 
 from bench.common import db_connections, proc_status
 from bench.loadgen import LoadGenProcess
-from bench.targets import Target, get_target
+from bench.targets import STREAM_TARGETS, Target, get_target
 
-DEFAULT_TARGETS = (
-    "notify-daphne",
-    "notify-daphne-ws",
-    "notify-uvicorn",
-    "notify-uvicorn-ws",
-    "bare-daphne",
-    "bare-uvicorn",
-)
+DEFAULT_TARGETS = STREAM_TARGETS
 
 
 class Snapshot(NamedTuple):

@@ -24,16 +24,9 @@ from typing import Any
 
 from bench.common import cpu_seconds
 from bench.loadgen import LoadGenProcess
-from bench.targets import Target, get_target
+from bench.targets import STREAM_TARGETS, Target, get_target
 
-DEFAULT_TARGETS = (
-    "notify-daphne",
-    "notify-daphne-ws",
-    "notify-uvicorn",
-    "notify-uvicorn-ws",
-    "bare-daphne",
-    "bare-uvicorn",
-)
+DEFAULT_TARGETS = STREAM_TARGETS
 # Seconds between the last connection opening and the first publish, so that the latency
 # is not that of a server still busy accepting.
 SETTLE = 1.0

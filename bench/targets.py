@@ -204,3 +204,15 @@ def get_target(name: str) -> Target:
     if name not in targets:
         raise SystemExit(f"unknown or unavailable target {name!r}; known: {', '.join(targets)}")
     return targets[name]
+
+
+#: What the idle and latency scenarios measure unless told otherwise: notify over both
+#: transports on both servers, and the bare app on both (django-eventstream runs apart).
+STREAM_TARGETS = (
+    "notify-daphne",
+    "notify-daphne-ws",
+    "notify-uvicorn",
+    "notify-uvicorn-ws",
+    "bare-daphne",
+    "bare-uvicorn",
+)
