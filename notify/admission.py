@@ -117,16 +117,19 @@ def session_user(cookie_header: str) -> Any:
     return get_user(request)
 
 
+def _header_values(scope: Mapping[str, Any], name: bytes) -> list[str]:
+    # HTTP header bytes are latin-1 by definition; nothing is lost decoding them.
+    return [bytes(value).decode("latin-1") for key, value in scope["headers"] if key == name]
+
+
 def _cookie_header(scope: Mapping[str, Any]) -> str:
     # HTTP/2 clients may split cookies over several headers; Django joins them likewise.
-    values = [bytes(value).decode("latin-1") for key, value in scope["headers"] if key == b"cookie"]
-    return "; ".join(values)
+    return "; ".join(_header_values(scope, b"cookie"))
 
 
 def header(scope: Mapping[str, Any], name: bytes) -> str | None:
-    """The request header ``name`` (lowercase). HTTP header bytes are latin-1 by definition;
-    nothing is lost decoding them. A header given twice is joined with "," as Django joins
-    it, so that the fallback view reads a request as the ASGI handler does (two
-    Last-Event-IDs are no valid cursor, not the first)."""
-    values = [bytes(value).decode("latin-1") for key, value in scope["headers"] if key == name]
+    """The request header ``name`` (lowercase). A header given twice is joined with "," as
+    Django joins it, so that the fallback view reads a request as the ASGI handler does
+    (two Last-Event-IDs are no valid cursor, not the first)."""
+    values = _header_values(scope, name)
     return ",".join(values) if values else None

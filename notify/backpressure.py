@@ -99,14 +99,21 @@ class FlowControl(_Producer):
         return True
 
 
-def flow_control(send: Callable[..., Any], subscriber: Subscriber) -> FlowControl | None:
-    """Pause ``subscriber`` while daphne's buffer for this client is full. None when the
-    server is not daphne (nothing to do: ``await send()`` applies backpressure itself)."""
+def _daphne_connection(send: Callable[..., Any]) -> Any:
+    """What daphne 4 builds ``send`` for: ``partial(server.handle_reply, connection)``, the
+    connection being the ``twisted.web.http.Request`` of an HTTP response or the autobahn
+    protocol of a WebSocket. None under any other server."""
     if not (isinstance(send, functools.partial) and len(send.args) == 1 and not send.keywords):
         return None
     if getattr(send.func, "__name__", None) != "handle_reply":
         return None
-    request = send.args[0]
+    return send.args[0]
+
+
+def flow_control(send: Callable[..., Any], subscriber: Subscriber) -> FlowControl | None:
+    """Pause ``subscriber`` while daphne's buffer for this client is full. None when the
+    server is not daphne (nothing to do: ``await send()`` applies backpressure itself)."""
+    request = _daphne_connection(send)
     register = getattr(request, "registerProducer", None)
     if not callable(register) or not callable(getattr(request, "unregisterProducer", None)):
         return None
@@ -147,11 +154,7 @@ def websocket_flow_control(
     """Pause ``subscriber`` while daphne's buffer for this WebSocket's client is full. None
     under other servers (whose ``await send()`` applies backpressure itself), and over TLS
     (a transport that does not say which producer it has)."""
-    if not (isinstance(send, functools.partial) and len(send.args) == 1 and not send.keywords):
-        return None
-    if getattr(send.func, "__name__", None) != "handle_reply":
-        return None
-    protocol = send.args[0]
+    protocol = _daphne_connection(send)
     if not callable(getattr(protocol, "sendMessage", None)):
         return None  # not a WebSocket protocol
     transport = getattr(protocol, "transport", None)

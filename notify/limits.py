@@ -75,7 +75,7 @@ class StreamCounter:
     async def acquire(self, name: str, limit: int) -> bool:
         """Count a new stream of ``name``; False (and nothing counted) when that would be
         more than ``limit`` streams over every process. A stream with no limit is not
-        counted at all (``notify.asgi``)."""
+        counted at all (``notify.admission``)."""
         async with self.lock:
             self.counts[name] += 1
             total = await self._change_and_count(name, 1)

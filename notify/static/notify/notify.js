@@ -289,6 +289,11 @@ function writeStorage(storage, key, value) {
   }
 }
 
+/** A WebSocket message's `id` as the SSE transports give ids: a string, or null. */
+function idString(id) {
+  return id === undefined || id === null ? null : String(id);
+}
+
 function parseJSON(text) {
   try {
     return JSON.parse(text);
@@ -689,7 +694,7 @@ export class NotifyClient {
     }
     const { type } = message;
     if (typeof type !== "string") {
-      const id = message.id === undefined || message.id === null ? null : String(message.id);
+      const id = idString(message.id);
       this._remember(id);
       this._deliver(typeof message.event === "string" ? message.event : "message", message, id);
     } else if (type === WS_RETRY) {
@@ -705,7 +710,7 @@ export class NotifyClient {
       }
       // The data of a control event is what the SSE one carries on its data: line.
       const { type: name, id: cursor, ...data } = message;
-      const id = cursor === undefined || cursor === null ? null : String(cursor);
+      const id = idString(cursor);
       this._remember(id);
       this._control(name, data, id);
     }
