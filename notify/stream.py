@@ -164,6 +164,10 @@ class EventStream(Generic[Chunk]):
             # One thread-pool call (and, with CONN_MAX_AGE=0, one connection): the bounds
             # and the first batch of the replay together.
             oldest, newest, first = await db_call(history.start, subscriber.channels, cursor, batch)
+        if subscriber.closed:
+            # Revoked (or closed otherwise) while the database was read: what was read may
+            # no longer be this client's to see.
+            return
         newest = newest or 0
         if self.cursor is None:
             self.position = newest
@@ -210,6 +214,8 @@ class EventStream(Generic[Chunk]):
                 return
             subscriber.lost = False
             rows = await db_call(replay, subscriber.channels, self.position, batch)
+            if subscriber.closed:
+                return
             if rows:
                 self.position = rows[-1].id
                 self._count_replayed(len(rows))
