@@ -12,8 +12,9 @@
 
 ``websocket_application()`` is Channels' ``AuthMiddlewareStack`` (the session's user, as
 ``request.user``) around a ``URLRouter`` of ``websocket_urlpatterns``, behind
-``StreamOriginValidator``. A project with WebSocket routes of its own puts
-``websocket_urlpatterns`` among them instead.
+``TicketMiddleware`` and ``StreamOriginValidator``. A project with WebSocket routes of its
+own passes them as ``urlpatterns``, with ``websocket_urlpatterns`` among them; a project
+that builds its own stack puts ``TicketMiddleware`` outside whatever looks up the user.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.urls import URLPattern, path
 
+from notify.admission import TICKET_SCOPE_KEY
 from notify.conf import notify_settings
 from notify.consumers import StreamConsumer
+from notify.hub import HubUnavailable, get_hub
 
 websocket_urlpatterns: list[URLPattern] = [
     path("notify/ws/", StreamConsumer.as_asgi(), name="notify-stream-ws"),
@@ -66,6 +69,34 @@ class StreamOriginValidator(OriginValidator):
         return bool(self.validate_origin(parsed_origin))
 
 
+class TicketMiddleware:
+    """Takes the stream's ``Ticket`` (``notify.hub``) before the middleware inside it looks
+    up the user, and hands it to the consumer in the scope.
+
+    Why: Channels' ``AuthMiddlewareStack`` reads the session before the consumer runs. A
+    revocation stored while it does (a logout at that moment) would otherwise reach the hub
+    before the stream could be found by it, and the stream would live on with its user's
+    old rights. Put it outside any middleware that looks up the user; ``websocket_application``
+    does."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        hub = get_hub()
+        try:
+            await hub.until_ready()
+        except HubUnavailable:
+            # The consumer answers 4503 at once rather than wait for the hub again.
+            await self.application({**scope, TICKET_SCOPE_KEY: None}, receive, send)
+            return
+        ticket = hub.ticket()
+        try:
+            await self.application({**scope, TICKET_SCOPE_KEY: ticket}, receive, send)
+        finally:
+            ticket.close()
+
+
 def websocket_application(
     urlpatterns: list[URLPattern] | None = None, *, auth_middleware: bool = True
 ) -> Any:
@@ -81,4 +112,6 @@ def websocket_application(
     handshakes at once took about as long either way (1.5-1.8 s, the client included):
     keep the stack when the project's other consumers want ``scope["user"]``."""
     routes = URLRouter(websocket_urlpatterns if urlpatterns is None else urlpatterns)
-    return StreamOriginValidator(AuthMiddlewareStack(routes) if auth_middleware else routes)
+    if auth_middleware:
+        routes = TicketMiddleware(AuthMiddlewareStack(routes))
+    return StreamOriginValidator(routes)
