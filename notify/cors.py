@@ -15,11 +15,7 @@ run no checks: here ``"*"`` then matches no origin, and an error says why, once 
 
 from __future__ import annotations
 
-import logging
-
-from notify.conf import notify_settings
-
-logger = logging.getLogger("notify.cors")
+from notify.conf import notify_settings, report_misconfiguration
 
 ALLOWED_METHODS = "GET"
 # The headers a client may send: the cursor, which the browser sets on reconnecting, and a
@@ -31,26 +27,20 @@ MAX_AGE_SECONDS = 3600
 Headers = list[tuple[str, str]]
 
 
-_wildcard_refusal_logged = False
-
-
 def wildcard_allowed() -> bool:
     """Whether ``NOTIFY["CORS_ALLOWED_ORIGINS"]`` has ``"*"`` and may use it: only while
-    ``NOTIFY["CORS_ALLOW_CREDENTIALS"]`` is off (``notify.E011``). The first refusal of a
-    process is logged as an error."""
+    ``NOTIFY["CORS_ALLOW_CREDENTIALS"]`` is off (``notify.E011``)."""
     if "*" not in notify_settings.CORS_ALLOWED_ORIGINS:
         return False
     if not notify_settings.CORS_ALLOW_CREDENTIALS:
         return True
-    global _wildcard_refusal_logged
-    if not _wildcard_refusal_logged:
-        _wildcard_refusal_logged = True
-        logger.error(
-            'notify: NOTIFY["CORS_ALLOWED_ORIGINS"] has "*" while '
-            'NOTIFY["CORS_ALLOW_CREDENTIALS"] is true, which would let any site read the '
-            'streams of your logged-in users: "*" matches no origin (notify.E011). List the '
-            'origins you trust, or set NOTIFY["CORS_ALLOW_CREDENTIALS"] = False.'
-        )
+    report_misconfiguration(
+        "notify.E011",
+        'NOTIFY["CORS_ALLOWED_ORIGINS"] has "*" while NOTIFY["CORS_ALLOW_CREDENTIALS"] is '
+        "true, which would let any site read the streams of your logged-in users: "
+        '"*" matches no origin. List the origins you trust, or set '
+        'NOTIFY["CORS_ALLOW_CREDENTIALS"] = False',
+    )
     return False
 
 

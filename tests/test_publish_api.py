@@ -386,6 +386,28 @@ def test_a_chunked_body_over_the_limit_is_413_on_the_server(start_server: StartS
     assert "Traceback" not in server.output()
 
 
+@pytest.mark.parametrize(
+    ("tokens", "refused", "accepted"),
+    [
+        # A string iterated as a list: each of its characters was a token.
+        (TOKENS[0], ["f", TOKENS[0]], []),
+        # os.environ.get() of a variable that is not set: "Bearer None" published.
+        ([None, TOKENS[1]], ["None"], [TOKENS[1]]),
+    ],
+    ids=["a string", "None among them"],
+)
+def test_publish_tokens_of_the_wrong_type_are_refused_though_no_check_ran(
+    start_server: StartServer, tokens, refused, accepted
+):
+    # notify.E009 reports these, but daphne runs no system check.
+    server = start_server(PUBLISH_TOKENS=tokens)
+    for token in refused + accepted:
+        response = httpx.post(f"{server.url}{url()}", json=EVENT, headers=bearer(token), timeout=10)
+        assert response.status_code == (201 if token in accepted else 401), token
+    assert Event.objects.count() == len(accepted)
+    assert 'NOTIFY["PUBLISH_TOKENS"] must be a list of non-empty strings' in server.output()
+
+
 @pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
 def test_the_server_takes_in_the_whole_body_before_the_413(start_server: StartServer, kind):
     """Why deploy/nginx.conf limits the body: the view judges the declared length first, but
