@@ -214,7 +214,15 @@ class Settings:
     @property
     def METRICS_TOKEN(self) -> str | None:
         value = get("METRICS_TOKEN")
-        return None if value is None else str(value)
+        if value is None or (isinstance(value, str) and value):
+            return value
+        # str() would make a token of anything: METRICS_TOKEN = True let "Bearer True" in.
+        report_misconfiguration(
+            "notify.E015",
+            'NOTIFY["METRICS_TOKEN"] must be None or a non-empty string; it is ignored, '
+            "and staff users alone may read the metrics",
+        )
+        return None
 
 
 notify_settings = Settings()
