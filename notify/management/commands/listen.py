@@ -44,8 +44,9 @@ def cursor(raw: str) -> str:
 #   log viewers take for line breaks: one event would show as two lines, the second forged.
 # Other invisible characters (zero-width space and joiner, the BOM) stay: they move nothing
 # and the joiners are part of emoji. An escape is written as JSON writes one, "\u202e":
-# the text of an event is JSON, where a backslash of the payload is written "\\", so the
-# escape reads back unchanged as the character it stands for; names hold no backslash.
+# the data of an event (and all of a --json line) is JSON, where a backslash of the payload
+# is written "\\", so the escape reads back as the character it stands for; and a name
+# that passed validation holds no backslash.
 _UNSAFE_ON_A_TERMINAL = re.compile(
     r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]"
 )
