@@ -19,6 +19,8 @@ SECRET_KEY = "notify-tests"
 DEBUG = False
 # The WebSocket origin check reads it: tests/test_websocket.py narrows it for a server.
 ALLOWED_HOSTS = json.loads(os.environ.get("NOTIFY_TEST_ALLOWED_HOSTS", '["*"]'))
+# A site served under a prefix: tests/test_asgi.py sets it for a server.
+FORCE_SCRIPT_NAME = os.environ.get("NOTIFY_TEST_FORCE_SCRIPT_NAME") or None
 USE_TZ = True
 TIME_ZONE = "UTC"
 

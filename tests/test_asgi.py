@@ -33,7 +33,7 @@ from django.db import connection, transaction
 import notify
 from notify.broker import encode_notice
 from notify.models import Event
-from tests.conftest import REDIS_PREFIX, ROOT, Server, SSEClient, payload
+from tests.conftest import REDIS_PREFIX, ROOT, Server, SSEClient, StartServer, payload
 
 ON_POSTGRESQL = connection.vendor == "postgresql"
 
@@ -932,3 +932,45 @@ def test_no_cursor_opens_where_the_hub_is_with_redis_and_misses_nothing_after(
             later = notify.publish("a", "later")
             assert [second.next().id for _ in range(2)] == [str(silent.id), str(later.id)]
         assert [first.next().id for _ in range(2)] == [str(silent.id), str(later.id)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "server_args", "env", "path"),
+    [
+        # The site under /app by setting: clients ask for what reverse() gives.
+        ("daphne", (), {"NOTIFY_TEST_FORCE_SCRIPT_NAME": "/app"}, "/app/notify/stream/"),
+        ("uvicorn", (), {"NOTIFY_TEST_FORCE_SCRIPT_NAME": "/app"}, "/app/notify/stream/"),
+        # A proxy strips /app and the server is told (the ASGI root_path).
+        ("daphne", ("--root-path", "/app"), {}, "/notify/stream/"),
+        ("uvicorn", ("--root-path", "/app"), {}, "/notify/stream/"),
+    ],
+    ids=[
+        "force-script-name-daphne",
+        "force-script-name-uvicorn",
+        "root-path-daphne",
+        "root-path-uvicorn",
+    ],
+)
+def test_the_handler_serves_the_stream_under_a_script_prefix(
+    start_server: StartServer,
+    kind: str,
+    server_args: tuple[str, ...],
+    env: dict[str, str],
+    path: str,
+):
+    """Under every way Django takes the script prefix, the stream's URL is answered by the
+    handler (limits, flow control), never by the fallback view behind it."""
+    server = start_server(kind=kind, server_args=server_args, env=env, MAX_STREAMS_PER_IP=2)
+    url = f"{server.url}{path}?channel=orders"
+    opened, codes = [], []
+    with httpx.Client(timeout=10) as client:
+        try:
+            for _ in range(4):
+                response = client.send(client.build_request("GET", url), stream=True)
+                codes.append(response.status_code)
+                opened.append(response)
+            assert codes == [200, 200, 429, 429]
+        finally:
+            for response in opened:
+                response.close()
+    assert "served through Django's request handler" not in server.output()

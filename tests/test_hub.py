@@ -787,3 +787,124 @@ def test_idle_live_stream_gets_heartbeats():
             await stream.aclose()
 
         run_with_hub(body)
+
+
+# -- the hub's safety net, and streams being let in -----------------------------------------
+
+
+def test_a_subscriber_whose_task_ended_is_dropped():
+    """However a stream's task ends (returned, failed, cancelled) without unsubscribing,
+    the hub forgets its subscriber: no presence, no gauge, no deliveries to nobody."""
+
+    async def body(hub: Hub) -> None:
+        async def returns() -> Subscriber:
+            return await hub.subscribe(["a"], "7")
+
+        async def fails() -> None:
+            await hub.subscribe(["a"])
+            raise RuntimeError("the stream failed")
+
+        async def waits() -> None:
+            await hub.subscribe(["b"])
+            await asyncio.sleep(60)
+
+        subscriber = await asyncio.create_task(returns())
+        with pytest.raises(RuntimeError):
+            await asyncio.create_task(fails())
+        cancelled = asyncio.create_task(waits())
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        await asyncio.sleep(0)
+        assert subscriber.closed == "unsubscribed"
+        assert (hub.subscribers, hub.by_channel, hub.by_user) == (set(), {}, {})
+
+    run_with_hub(body)
+
+
+def test_unsubscribing_leaves_nothing_on_a_long_lived_task():
+    """A task that subscribes again and again (``manage.py listen`` does) keeps no callback
+    per subscription."""
+
+    async def body(hub: Hub) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        before = len(task._callbacks)  # type: ignore[attr-defined]
+        for _ in range(100):
+            hub.unsubscribe(await hub.subscribe(["a"]))
+        assert len(task._callbacks) == before  # type: ignore[attr-defined]
+
+    run_with_hub(body)
+
+
+def _revoke(*pks: str) -> int:
+    from notify.revocation import revoke_users
+
+    return revoke_users(pks)[0].id
+
+
+def test_a_stream_revoked_while_it_was_being_let_in_is_closed_as_it_joins():
+    async def body(hub: Hub) -> None:
+        before = hub.ticket()  # taken before its user was looked up
+        untouched = hub.ticket()
+        revocation = await db_call(_revoke, "7")
+        for _ in range(200):
+            if hub.last_id is not None and hub.last_id >= revocation:
+                break
+            await asyncio.sleep(0.01)
+        after = hub.ticket()  # taken once the revocation was met: it saw the change
+        revoked = hub.attach(["a"], "7", before)
+        other_user = hub.attach(["a"], "8", untouched)
+        late = hub.attach(["a"], "7", after)
+        assert revoked.closed == "revoked"
+        assert other_user.closed is None and late.closed is None
+        assert hub.tickets == set()  # attach closes its ticket
+        # A notice with no streams on it, but a revocation of open ones, closes them.
+        await db_call(_revoke, "8", "7")
+        await asyncio.wait_for(other_user.wait(), 5)
+        await asyncio.wait_for(late.wait(), 5)
+        assert (other_user.closed, late.closed) == ("revoked", "revoked")
+
+    run_with_hub(body)
+
+
+def test_a_stream_revoked_while_its_replay_is_read_sends_none_of_it():
+    """The replay's first query waits on a lock another connection holds; the stream is
+    revoked meanwhile: what that query read is not sent. (PostgreSQL: SQLite's WAL lets
+    readers through any writer's lock.)"""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs a lock that makes readers wait")
+
+    async def body(hub: Hub) -> None:
+        events = [await store("a", n) for n in range(3)]
+        subscriber = await hub.subscribe(["a"], "7")
+        stream = EventStream(subscriber, str(events[0].id - 1)).body()
+        with locked_events_table():
+            first = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(0.3)  # the replay's query is waiting on the lock
+            assert not first.done()
+            hub.revoke(["7"])
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(first, 10)
+
+    run_with_hub(body)
+
+
+class locked_events_table:
+    """Another PostgreSQL connection holds the events table, so that reads of it wait."""
+
+    def __enter__(self) -> None:
+        import psycopg
+
+        settings = connection.settings_dict
+        self.other = psycopg.connect(
+            host=settings["HOST"] or None,
+            port=settings["PORT"] or None,
+            user=settings["USER"] or None,
+            dbname=settings["NAME"],
+        )
+        self.other.execute(f"LOCK TABLE {Event._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+
+    def __exit__(self, *exc: object) -> None:
+        self.other.rollback()
+        self.other.close()

@@ -7,11 +7,15 @@ tests/test_asgi.py (``StreamContract``) against such a project (tests/asgi_unwra
 
 from __future__ import annotations
 
+import socket
+import struct
+import time
+
 import httpx
 
 import notify
-from tests.conftest import SSEClient, payload
-from tests.test_asgi import RawStream, StreamContract, stream_url
+from tests.conftest import SSEClient, StartServer, payload
+from tests.test_asgi import RawStream, StreamContract, stream_url, wait_until
 
 
 class TestViewStream(StreamContract):
@@ -65,3 +69,58 @@ def test_the_stream_works_after_other_requests(start_server):
         event = notify.publish("broadcast", [1, 2, 3])
         assert payload(client.next())["data"] == [1, 2, 3]
         assert client.last_id == str(event.id)
+
+
+def statuses(url: str, count: int) -> tuple[list[int], list[httpx.Response]]:
+    """Open ``count`` streams of ``url`` one after the other, keeping those let in open:
+    their statuses, and the open responses (close them)."""
+    client = httpx.Client(timeout=10)
+    opened, codes = [], []
+    for _ in range(count):
+        response = client.send(client.build_request("GET", url), stream=True)
+        codes.append(response.status_code)
+        if response.status_code == 200:
+            opened.append(response)
+        else:
+            response.close()
+    return codes, opened
+
+
+def test_the_view_applies_the_stream_limits(start_server: StartServer):
+    """The README promises 429 beyond MAX_STREAMS_PER_IP with no exception; the fallback
+    view counted nothing."""
+    server = start_server(app="tests.asgi_unwrapped:application", MAX_STREAMS_PER_IP=2)
+    codes, opened = statuses(stream_url(server, "orders"), 4)
+    try:
+        assert codes == [200, 200, 429, 429]
+    finally:
+        for response in opened:
+            response.close()
+
+
+def open_stream_count(server) -> int:
+    return httpx.get(f"{server.url}/notify/health/", timeout=10).json()["streams"]
+
+
+def test_clients_that_leave_before_the_body_starts_leave_nothing_behind(start_server):
+    """A client that leaves after the view returned, before the server first reads the
+    body (here while a middleware awaits with the response): the stream's subscriber and
+    count must not stay in the hub, in presence and in the gauge, nor hold the address's
+    slots. (daphne itself cancels a request whose client it lost only after 10 s.)"""
+    server = start_server(
+        app="tests.asgi_unwrapped:slow_response_application", MAX_STREAMS_PER_IP=2
+    )
+    request = f"GET /notify/stream/?channel=orders HTTP/1.1\r\nHost: {server.port}\r\n\r\n"
+    for _ in range(6):
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(request.encode())
+            time.sleep(0.15)  # the view has returned; the middleware holds the response
+            # RST rather than FIN: gone at once, as a browser tab that is closed.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert wait_until(lambda: open_stream_count(server) == 0, 3.0), open_stream_count(server)
+    codes, opened = statuses(stream_url(server, "orders"), 3)
+    try:
+        assert codes == [200, 200, 429]
+    finally:
+        for response in opened:
+            response.close()
