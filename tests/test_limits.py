@@ -449,21 +449,6 @@ def test_a_silent_redis_holds_an_open_back_a_moment_then_the_process_counts_alon
             client.close()
 
 
-def test_presence_answers_unknown_at_once_while_redis_is_silent(private_redis: RedisServer):
-    with override_settings(NOTIFY={"REDIS_URL": private_redis.url, "REDIS_PREFIX": own_prefix()}):
-        assert stream_counts(["news"]) == {"news": 0}  # connected
-        private_redis.pause()
-        try:
-            counts, took = timed(lambda: stream_counts(["news"]))
-            assert counts is None
-            assert took < 1.0
-            counts, took = timed(lambda: notify.presence("news"))
-            assert counts is None
-            assert took < 1.0
-        finally:
-            private_redis.resume()
-
-
 # -- a Redis shared with a cache ---------------------------------------------------------------
 
 
