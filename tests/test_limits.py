@@ -325,16 +325,22 @@ def eventually(read: Callable[[], object], wanted: object, within: float = 5.0) 
         time.sleep(0.05)
 
 
-def abort_handshake(server: Server, after: float) -> None:
-    """Ask for a WebSocket stream, then leave ``after`` seconds later, whatever the server
-    has answered by then: a client that gives up while the stream is being let in."""
+def abort_handshake(server: Server, after: float, transport: str = "websocket") -> None:
+    """Ask for a stream, then leave ``after`` seconds later, whatever the server has answered
+    by then: a client that gives up while the stream is being let in."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall(
-            f"GET /notify/ws/?channel={CHANNEL} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
+        head = f"Host: 127.0.0.1:{server.port}\r\n"
+        if transport == "websocket":
+            key = base64.b64encode(os.urandom(16)).decode()
+            path = "/notify/ws/"
+            head += (
+                f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n"
+            )
+        else:
+            path = "/notify/stream/"
+            head += "Accept: text/event-stream\r\n"
+        sock.sendall(f"GET {path}?channel={CHANNEL} HTTP/1.1\r\n{head}\r\n".encode())
         time.sleep(after)
 
 
@@ -380,8 +386,9 @@ def test_websocket_clients_that_leave_during_admission_hold_no_slot(start_server
     assert_full_and_not_more(server, 2)
 
 
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
 def test_clients_that_leave_while_redis_is_slow_to_count_them_hold_no_slot(
-    start_server, private_redis: RedisServer
+    start_server, private_redis: RedisServer, transport: str
 ):
     """Deterministic: Redis answers nothing while the clients leave, so each of them leaves
     while its stream waits for Redis (or after the process stopped waiting for it)."""
@@ -394,7 +401,7 @@ def test_clients_that_leave_while_redis_is_slow_to_count_them_hold_no_slot(
     private_redis.pause()
     try:
         for _ in range(4):
-            abort_handshake(server, 0.1)
+            abort_handshake(server, 0.1, transport)
     finally:
         private_redis.resume()
     time.sleep(1)  # what Redis was sent while paused has landed; a report went since
