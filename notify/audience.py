@@ -32,7 +32,7 @@ def presence(channel: str) -> int | None:
     """Open streams on ``channel`` now, over every server process; None when the broker
     cannot tell (Redis unreachable, or a custom broker that does not count). Raises
     ``ValidationError`` for an invalid channel name, which no stream can be open on.
-    Blocks while it reads Redis (a SCAN and one read per server process): call it through
-    ``sync_to_async`` from async code."""
+    Blocks while it reads Redis (one round trip, at most ``notify.broker.redis.READ_TIMEOUT``):
+    call it through ``sync_to_async`` from async code."""
     name = validate_channel(channel)
     return counts_or_unknown([name])[name]

@@ -5,6 +5,7 @@ them outside a test run."""
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -91,6 +92,8 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None:
+            # A paused Redis would leave SIGTERM pending: it would take the SIGKILL.
+            self.resume()
             stop_process(self.process)
             self.process = None
 
@@ -98,6 +101,17 @@ class RedisServer:
         self.stop()
         time.sleep(down_for)
         self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: a Redis that still accepts connections (the kernel completes them) but
+        answers nothing, as a hung host does."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: it answers again, starting with what it was sent while paused."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
 
 class Server:

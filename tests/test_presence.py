@@ -112,3 +112,24 @@ def test_presence_stays_the_function_once_the_module_behind_it_is_imported():
 
     assert callable(notify.presence)
     assert notify.presence.__module__ == "notify"
+
+
+def test_a_silent_redis_costs_a_read_a_moment_then_reads_skip_it_until_it_answers(
+    settings, private_redis
+):
+    """Presence is read by requests (the API, the dashboard, the admin): a Redis that
+    accepts connections but answers nothing must not hold them."""
+    with override_settings(NOTIFY={**settings.NOTIFY, "REDIS_URL": private_redis.url}):
+        assert stream_counts(["news"]) == {"news": 0}
+        private_redis.pause()
+        try:
+            started = time.monotonic()
+            assert stream_counts(["news"]) is None
+            assert time.monotonic() - started < 1.0
+            # Right after a failure, reads do not ask again.
+            started = time.monotonic()
+            assert notify.presence("news") is None
+            assert time.monotonic() - started < 0.1
+        finally:
+            private_redis.resume()
+        eventually(lambda: stream_counts(["news"]), {"news": 0})

@@ -70,6 +70,21 @@ def test_null_when_the_broker_cannot_tell(client: Client) -> None:
     assert response.json() == {"news": None, "sport": None}
 
 
+def test_null_at_once_when_the_broker_does_not_answer(client: Client, private_redis: Any) -> None:
+    with override_settings(NOTIFY={**settings.NOTIFY, "REDIS_URL": private_redis.url}):
+        assert get(client, "news").json() == {"news": 0}
+        private_redis.pause()
+        try:
+            started = time.monotonic()
+            response = get(client, "news", "sport")
+            took = time.monotonic() - started
+        finally:
+            private_redis.resume()
+    assert response.status_code == 200
+    assert response.json() == {"news": None, "sport": None}
+    assert took < 1.0
+
+
 @pytest.mark.parametrize(
     ("channels", "reason"),
     [

@@ -131,23 +131,31 @@ class Broker(abc.ABC):
 
     def stream_counts(self, channels: Sequence[str]) -> dict[str, int] | None:
         """Open streams per channel over every process that reports, or None when this
-        broker cannot tell."""
+        broker cannot tell. Called by requests (the presence API, the dashboard, the admin),
+        which wait for it: a broker that asks over the network bounds that wait."""
         return None
 
-    async def change_stream_owners(
-        self, key: str, name: str, change: int, ttl: float, count: bool = True
-    ) -> int | None:
-        """Add ``change`` to the streams the process ``key`` holds for the owner ``name``
-        (``user:<pk>`` or ``ip:<address>``, see ``notify.limits``), keeping the record for
-        ``ttl`` seconds; then, if ``count``, return the owner's streams over every process.
-        None when this broker does not share counts (each process then counts its own)."""
-        return None
+    async def write_stream_owners(
+        self,
+        key: str,
+        counts: Mapping[str, int],
+        ttl: float,
+        *,
+        seq: int,
+        replace: bool,
+        others_of: Sequence[str],
+    ) -> dict[str, int] | None:
+        """Record that the process ``key`` holds ``counts[name]`` streams of each owner
+        ``name`` (``user:<pk>`` or ``ip:<address>``, see ``notify.limits``; 0 forgets it),
+        for ``ttl`` seconds; with ``replace``, ``counts`` is the process's whole record. Then
+        return the streams of each owner of ``others_of`` that every *other* process holds.
 
-    async def report_stream_owners(  # noqa: B027 (optional, like report_presence)
-        self, key: str, counts: Mapping[str, int], ttl: float
-    ) -> None:
-        """Replace the record of the process ``key`` with ``counts`` (owner -> open streams)
-        for ``ttl`` seconds. Called every ``PRESENCE_SECONDS``."""
+        Writing and reading are one atomic step, so that of two processes counting a stream
+        at the same moment at least one sees the other's. A write whose ``seq`` is not above
+        the last one applied for ``key`` is ignored: one that timed out may arrive after a
+        newer one. Called by one task per process (``notify.limits``), which bounds the
+        wait. None when this broker does not share counts: each process counts its own."""
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 (optional hook: most brokers hold nothing)
         """Release connections held by ``subscribe``'s event loop."""

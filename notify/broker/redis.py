@@ -1,4 +1,13 @@
-"""Redis pub/sub broker: one PUBLISH per event, one subscription per server process."""
+"""Redis pub/sub broker: one PUBLISH per event, one subscription per server process.
+
+Each process also keeps short-lived reports in Redis: its open streams per channel
+(presence) and per owner (stream limits), one hash per process that expires unless written
+again. A set per kind (the registry) names every process's hash, so that reading them costs
+one round trip and a few commands per process, whatever else the database holds: a Redis
+shared with a cache may hold millions of keys, which a SCAN would walk on every read. The
+scripts below name the reports they read from the registry, not in ``KEYS``: they need one
+Redis, not a cluster.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +17,13 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import NamedTuple
 
 import redis
 import redis.asyncio as aioredis
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.commands.core import AsyncScript, Script
 from redis.retry import Retry
 
 from notify.broker.base import RESYNC, Broker, Resync, Revocation
@@ -22,8 +34,135 @@ _RETRY_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 # Reconnect delays after Redis goes away: 0.1 s doubling to 2 s.
 _FIRST_DELAY = 0.1
 _MAX_DELAY = 2.0
-# After a failed PUBLISH, publishing leaves Redis alone this long (see RedisBroker._send).
+# After a failed PUBLISH, publishing leaves Redis alone this long (see RedisBroker._send);
+# likewise presence reads after a failed one.
 _SKIP_AFTER_FAILURE = 1.0
+# How long a presence read waits for Redis, in seconds: a request (the presence API, the
+# dashboard) waits for it, and "unknown" is a fine answer from a Redis that does not answer.
+READ_TIMEOUT = 0.5
+
+# Shared by the scripts. A report of the registry whose hash has expired (its process
+# stopped reporting) is dropped from the registry as it is found.
+_LUA_REPORTS = """
+local function live_reports(registry)
+  local live = {}
+  for _, report in ipairs(redis.call('SMEMBERS', registry)) do
+    if redis.call('EXISTS', report) == 1 then
+      live[#live + 1] = report
+    else
+      redis.call('SREM', registry, report)
+    end
+  end
+  return live
+end
+
+-- Adds what the hash ``report`` holds for the fields ARGV[first..] to ``totals``, in slices
+-- (Lua unpacks a few thousand values at most).
+local function add(totals, report, first)
+  for start = first, #ARGV, 1000 do
+    local stop = math.min(start + 999, #ARGV)
+    local values = redis.call('HMGET', report, unpack(ARGV, start, stop))
+    for i = 1, #values do
+      if values[i] then
+        local at = start - first + i
+        totals[at] = totals[at] + tonumber(values[i])
+      end
+    end
+  end
+end
+
+-- Names ``report`` in the registry for at least ``ttl`` ms, as long as the report lives.
+local function register(registry, report, ttl)
+  redis.call('SADD', registry, report)
+  if redis.call('PTTL', registry) < ttl then
+    redis.call('PEXPIRE', registry, ttl)
+  end
+end
+"""
+
+# KEYS: this process's report (owner -> streams, and "#seq"), the registry.
+# ARGV: seq, ttl (ms), "1" to replace the whole report, the number of owners written, that
+# many owner, count pairs, then the owners asked about. Returns, per owner asked about, the
+# streams every other live report holds.
+_WRITE_OWNERS = (
+    _LUA_REPORTS
+    + """
+local report, registry = KEYS[1], KEYS[2]
+local seq, ttl, written = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+if seq > tonumber(redis.call('HGET', report, '#seq') or '0') then
+  if ARGV[3] == '1' then
+    redis.call('DEL', report)
+  end
+  for i = 5, 4 + 2 * written, 2 do
+    if ARGV[i + 1] == '0' then
+      redis.call('HDEL', report, ARGV[i])
+    else
+      redis.call('HSET', report, ARGV[i], ARGV[i + 1])
+    end
+  end
+  redis.call('HSET', report, '#seq', seq)
+  redis.call('PEXPIRE', report, ttl)
+end
+register(registry, report, ttl)
+local first = 5 + 2 * written
+local others = {}
+for i = first, #ARGV do
+  others[i - first + 1] = 0
+end
+if #others > 0 then
+  for _, other in ipairs(live_reports(registry)) do
+    if other ~= report then
+      add(others, other, first)
+    end
+  end
+end
+return others
+"""
+)
+
+# KEYS: this process's report (channel -> streams), the registry. ARGV: ttl (ms), then the
+# whole report as channel, count pairs (none: the process has no streams).
+_WRITE_PRESENCE = (
+    _LUA_REPORTS
+    + """
+local report, registry, ttl = KEYS[1], KEYS[2], tonumber(ARGV[1])
+redis.call('DEL', report)
+if #ARGV == 1 then
+  redis.call('SREM', registry, report)
+  return 0
+end
+for start = 2, #ARGV, 1000 do
+  redis.call('HSET', report, unpack(ARGV, start, math.min(start + 999, #ARGV)))
+end
+redis.call('PEXPIRE', report, ttl)
+register(registry, report, ttl)
+return 1
+"""
+)
+
+# KEYS: the registry. ARGV: the channels. Returns their streams summed over every live report.
+_READ_PRESENCE = (
+    _LUA_REPORTS
+    + """
+local totals = {}
+for i = 1, #ARGV do
+  totals[i] = 0
+end
+for _, report in ipairs(live_reports(KEYS[1])) do
+  add(totals, report, 1)
+end
+return totals
+"""
+)
+
+
+class _LoopClient(NamedTuple):
+    """The Redis connections of one event loop (reports, counts, pings), with the scripts
+    they run."""
+
+    redis: aioredis.Redis
+    write_owners: AsyncScript
+    write_presence: AsyncScript
 
 
 class RedisBroker(Broker):
@@ -38,12 +177,18 @@ class RedisBroker(Broker):
         self._skip_until = 0.0
         self._client: redis.Redis | None = None
         self._client_lock = threading.Lock()
+        # One hash per process and event loop (its report), and the set naming them all.
         self.presence_prefix = f"{prefix}:presence:"
+        self.presence_registry = f"{prefix}:presence-reports"
         self.owners_prefix = f"{prefix}:streams:"
-        # One client per event loop for presence reports and pings (a hub lives on one loop).
-        self._presence_clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, aioredis.Redis
-        ] = weakref.WeakKeyDictionary()
+        self.owners_registry = f"{prefix}:streams-reports"
+        # Presence reads, from request threads; after a failure they skip Redis until then.
+        self._reader: tuple[redis.Redis, Script] | None = None
+        self._reads_skip_until = 0.0
+        # One client per event loop for reports, counts and pings (a hub lives on one loop).
+        self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def connected(self) -> bool:
@@ -103,68 +248,87 @@ class RedisBroker(Broker):
 
     async def ping(self) -> None:
         """PING, on the client of the running event loop (no new connection per call)."""
-        await self._presence_client().ping()
+        await self._loop_client().redis.ping()
 
     async def report_presence(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
-        await self._replace_report(f"{self.presence_prefix}{key}", counts, ttl)
+        client = self._loop_client()
+        args: list[str | int] = [int(ttl * 1000)]
+        for channel, count in counts.items():
+            args += [channel, count]
+        # asyncio.timeout rather than a socket timeout (see subscribe).
+        async with asyncio.timeout(ttl):
+            await client.write_presence(
+                keys=[f"{self.presence_prefix}{key}", self.presence_registry], args=args
+            )
 
     def stream_counts(self, channels: Sequence[str]) -> dict[str, int] | None:
-        totals = dict.fromkeys(channels, 0)
         if not channels:
-            return totals
-        try:
-            client = self._publisher()
-            # One hash per server process; a process that died stops counting when its
-            # hash expires.
-            for name in client.scan_iter(match=f"{self.presence_prefix}*", count=1000):
-                for channel, value in zip(channels, client.hmget(name, channels), strict=True):
-                    totals[channel] += int(value or 0)
-        except redis.RedisError as exc:
-            logger.warning("notify: could not read stream counts from Redis: %s", exc)
+            return {}
+        if time.monotonic() < self._reads_skip_until:
             return None
-        return totals
+        try:
+            _, read = self._presence_reader()
+            totals = read(keys=[self.presence_registry], args=list(channels))
+        except redis.RedisError as exc:
+            self._reads_skip_until = time.monotonic() + _SKIP_AFTER_FAILURE
+            logger.warning(
+                "notify: could not read stream counts from Redis (%s); not trying again for %g s",
+                exc,
+                _SKIP_AFTER_FAILURE,
+            )
+            return None
+        return {channel: int(total) for channel, total in zip(channels, totals, strict=True)}
 
-    async def change_stream_owners(
-        self, key: str, name: str, change: int, ttl: float, count: bool = True
-    ) -> int | None:
-        client = self._presence_client()
-        async with asyncio.timeout(ttl):
-            async with client.pipeline(transaction=True) as pipeline:
-                pipeline.hincrby(f"{self.owners_prefix}{key}", name, change)
-                pipeline.pexpire(f"{self.owners_prefix}{key}", int(ttl * 1000))
-                await pipeline.execute()
-            if not count:
-                return None
-            # One hash per server process, as for presence.
-            names = [n async for n in client.scan_iter(match=f"{self.owners_prefix}*", count=1000)]
-            async with client.pipeline(transaction=False) as pipeline:
-                for hash_name in names:
-                    pipeline.hget(hash_name, name)
-                values = await pipeline.execute()
-        return sum(int(value or 0) for value in values)
+    async def write_stream_owners(
+        self,
+        key: str,
+        counts: Mapping[str, int],
+        ttl: float,
+        *,
+        seq: int,
+        replace: bool,
+        others_of: Sequence[str],
+    ) -> dict[str, int] | None:
+        args: list[str | int] = [seq, int(ttl * 1000), int(replace), len(counts)]
+        for name, count in counts.items():
+            args += [name, count]
+        args += others_of
+        others = await self._loop_client().write_owners(
+            keys=[f"{self.owners_prefix}{key}", self.owners_registry], args=args
+        )
+        return {name: int(count) for name, count in zip(others_of, others, strict=True)}
 
-    async def report_stream_owners(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
-        await self._replace_report(f"{self.owners_prefix}{key}", counts, ttl)
+    def _presence_reader(self) -> tuple[redis.Redis, Script]:
+        with self._client_lock:
+            if self._reader is None:
+                client = redis.Redis.from_url(
+                    self.url,
+                    socket_connect_timeout=READ_TIMEOUT,
+                    socket_timeout=READ_TIMEOUT,
+                    # A second try, at once, when the connection was found broken; none
+                    # after a timeout (that would double the wait).
+                    retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+                )
+                self._reader = (client, client.register_script(_READ_PRESENCE))
+            return self._reader
 
-    async def _replace_report(self, name: str, counts: Mapping[str, int], ttl: float) -> None:
-        """Replace the hash ``name`` (one process's report) with ``counts``, expiring after
-        ``ttl`` seconds unless reported again; an empty report just deletes it."""
-        client = self._presence_client()
-        # asyncio.timeout rather than a socket timeout (see subscribe).
-        async with asyncio.timeout(ttl), client.pipeline(transaction=True) as pipeline:
-            pipeline.delete(name)
-            if counts:
-                # redis-py types the mapping's keys invariantly; str keys are fine.
-                pipeline.hset(name, mapping=dict(counts))  # type: ignore[arg-type]
-                pipeline.pexpire(name, int(ttl * 1000))
-            await pipeline.execute()
-
-    def _presence_client(self) -> aioredis.Redis:
+    def _loop_client(self) -> _LoopClient:
         loop = asyncio.get_running_loop()
-        client = self._presence_clients.get(loop)
+        client = self._loop_clients.get(loop)
         if client is None:
-            client = self._presence_clients[loop] = aioredis.Redis.from_url(
-                self.url, socket_connect_timeout=2, socket_timeout=None
+            connection = aioredis.Redis.from_url(
+                self.url,
+                socket_connect_timeout=2,
+                # Callers bound their waits with asyncio.timeout (see subscribe).
+                socket_timeout=None,
+                # A second try, at once: a connection of the pool broken by a Redis restart
+                # is found by the first.
+                retry=AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            )
+            client = self._loop_clients[loop] = _LoopClient(
+                connection,
+                connection.register_script(_WRITE_OWNERS),
+                connection.register_script(_WRITE_PRESENCE),
             )
         return client
 
@@ -210,9 +374,13 @@ class RedisBroker(Broker):
             client, self._client = self._client, None
         if client is not None:
             client.close()
-        presence = self._presence_clients.pop(asyncio.get_running_loop(), None)
-        if presence is not None:
-            await presence.aclose()
+        with self._client_lock:
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            reader[0].close()
+        loop_client = self._loop_clients.pop(asyncio.get_running_loop(), None)
+        if loop_client is not None:
+            await loop_client.redis.aclose()
 
 
 async def _close_quietly(pubsub: aioredis.client.PubSub, client: aioredis.Redis) -> None:
