@@ -36,9 +36,10 @@ def _notices(rows: Iterable[tuple[Any, ...]]) -> list[Notice]:
     ]
 
 
-def replay(channels: Sequence[str], after: int, limit: int) -> list[Notice]:
-    """Up to ``limit`` events of ``channels`` with id > ``after``, in id order."""
-    query = Event.objects.filter(channel__in=channels, id__gt=after).order_by("id")
+def replay(channels: Sequence[str], after: int, limit: int, until: int) -> list[Notice]:
+    """Up to ``limit`` events of ``channels`` with ``after`` < id ≤ ``until``, in id order."""
+    query = Event.objects.filter(channel__in=channels, id__gt=after, id__lte=until)
+    query = query.order_by("id")
     return _notices(query.values_list(*_FIELDS)[:limit])
 
 
@@ -60,12 +61,13 @@ def _bound(aggregate: str) -> RawSQL:
     return RawSQL(f"SELECT {aggregate}(id) FROM {table}", (), output_field=BigIntegerField())
 
 
-def start(channels: Sequence[str], after: int, limit: int) -> Start:
-    """The stored id bounds and the first replay batch after ``after``, in one query when
-    there is anything to replay (a reconnect storm is then one query per client); a second
-    query reads the bounds when there is not. Both come from one snapshot of the table."""
+def start(channels: Sequence[str], after: int, limit: int, until: int) -> Start:
+    """The stored id bounds and the first replay batch after ``after`` (up to ``until``), in
+    one query when there is anything to replay (a reconnect storm is then one query per
+    client); a second query reads the bounds when there is not. Both come from one snapshot
+    of the table."""
     query = (
-        Event.objects.filter(channel__in=channels, id__gt=after)
+        Event.objects.filter(channel__in=channels, id__gt=after, id__lte=until)
         .order_by("id")
         .annotate(notify_oldest=_bound("MIN"), notify_newest=_bound("MAX"))
         .values_list(*_FIELDS, "notify_oldest", "notify_newest")

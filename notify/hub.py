@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable
 
 from notify import metrics
-from notify.broker import Broker, Notice, Resync, Revocation, decode_notice, get_broker
+from notify.broker import Broker, Notice, Resync, decode_notice, get_broker
 from notify.conf import notify_settings
 from notify.control import REVOCATION, revoked_users
 from notify.db import db_call
@@ -527,9 +527,6 @@ class Hub:
                 await asyncio.shield(self.ready)
                 await self.fill()
                 self._synced = True
-                continue
-            if isinstance(item, Revocation):
-                self.revoke([item.user_id])
                 continue
             try:
                 notice = decode_notice(item)

@@ -163,7 +163,12 @@ class EventStream(Generic[Chunk]):
             subscriber.lost = False
             # One thread-pool call (and, with CONN_MAX_AGE=0, one connection): the bounds
             # and the first batch of the replay together.
-            oldest, newest, first = await db_call(history.start, subscriber.channels, cursor, batch)
+            until = self._replay_until()
+            if until is None:
+                return
+            oldest, newest, first = await db_call(
+                history.start, subscriber.channels, cursor, batch, until
+            )
         if subscriber.closed:
             # Revoked (or closed otherwise) while the database was read: what was read may
             # no longer be this client's to see.
@@ -213,7 +218,10 @@ class EventStream(Generic[Chunk]):
             if subscriber.closed:
                 return
             subscriber.lost = False
-            rows = await db_call(replay, subscriber.channels, self.position, batch)
+            until = self._replay_until()
+            if until is None:
+                return
+            rows = await db_call(replay, subscriber.channels, self.position, batch, until)
             if subscriber.closed:
                 return
             if rows:
@@ -222,6 +230,18 @@ class EventStream(Generic[Chunk]):
                 yield self.wire.events(rows)
             if len(rows) < batch and not subscriber.lost:
                 return
+
+    def _replay_until(self) -> int | None:
+        """The highest id a replay may read: the hub's position (None once the stream has
+        left the hub).
+
+        Why not the newest stored id: the hub acts on revocations in id order as it delivers
+        (``notify.control``). An event above its position may come after a revocation it has
+        not met yet, which would close this stream; read from the database now, that event
+        would be sent first. The hub delivers everything above its position to this stream
+        anyway (it subscribed before reading), and the seam drops what the replay sent."""
+        hub = self.subscriber.hub
+        return None if hub is None else hub.last_id
 
     def _count_replayed(self, count: int) -> None:
         """Note ``count`` events sent from the database (a batch: not one call per event)."""

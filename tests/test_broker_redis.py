@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from notify.broker.redis import _SKIP_AFTER_FAILURE, RedisBroker
+from notify.broker.redis import _PUBLISH_TIMEOUT, _SKIP_AFTER_FAILURE, RedisBroker
 from tests.conftest import REDIS_PREFIX, Listener
 
 
@@ -67,12 +67,23 @@ def test_after_a_failed_publish_redis_is_left_alone_for_a_moment(refusing):
     assert refusing.accepted > attempts
 
 
-def test_revocations_are_always_tried(refusing):
-    broker = RedisBroker(f"redis://127.0.0.1:{refusing.port}/0", prefix=REDIS_PREFIX)
-    broker.publish(b"1")
-    attempts = refusing.accepted
-    broker.revoke("7")
-    assert refusing.accepted > attempts
+def test_publishing_to_a_silent_redis_costs_a_moment_once(private_redis):
+    """A Redis that accepts connections but answers nothing (here: stopped with SIGSTOP)
+    holds the publisher's request for one timeout, not one per retry, and the next
+    publishes skip it."""
+    broker = RedisBroker(private_redis.url, prefix=REDIS_PREFIX)
+    broker.publish(b"warm")  # connected
+    private_redis.pause()
+    try:
+        start = time.monotonic()
+        broker.publish(b"lost")  # logged; its event would be read from the database
+        took = time.monotonic() - start
+        assert took < 2 * _PUBLISH_TIMEOUT, took
+        start = time.monotonic()
+        broker.publish(b"skipped")
+        assert time.monotonic() - start < 0.1
+    finally:
+        private_redis.resume()
 
 
 def test_publishing_resumes_once_redis_is_back(private_redis):

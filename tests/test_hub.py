@@ -908,3 +908,52 @@ class locked_events_table:
     def __exit__(self, *exc: object) -> None:
         self.other.rollback()
         self.other.close()
+
+
+def test_a_replay_reads_no_further_than_the_hub_has_delivered():
+    """Events the hub has not met yet reach the stream through the hub, in id order, after
+    any revocation before them: the replay never reads past the hub."""
+
+    async def body(hub: Hub) -> None:
+        seen = await apublish("a", "seen")  # through the hub
+        ahead = await store("a", "ahead")  # stored, no notice: the hub is behind
+        subscriber = await hub.subscribe(["a"], "7")
+        stream = EventStream(subscriber, str(seen.id - 1)).body()
+        assert await next_chunk(stream) == sse.catchup_start_frame(seen.id - 1)
+        assert await next_chunk(stream) == seen.sse_frame()
+        assert await next_chunk(stream) == sse.catchup_end_frame(1, seen.id)
+        await hub.fill()  # the hub meets "ahead": live now
+        assert await next_chunk(stream) == ahead.sse_frame()
+        await stream.aclose()
+
+    run_with_hub(body)
+
+
+def test_a_stream_whose_replay_meets_its_revocation_sends_nothing_after_it():
+    """A revocation stored (and the user's events after it) before the hub met it, while a
+    stream of that user, authorized before it, replays: the stream sends nothing stored
+    after the revocation."""
+
+    async def body(hub: Hub) -> None:
+        before = await apublish("user:7", "before")
+        ticket = hub.ticket()
+        subscriber = hub.attach(["user:7"], "7", ticket)
+        revocation = await db_call(_revoke_quietly, "7")
+        after = await store("user:7", "after the revocation")
+        stream = EventStream(subscriber, str(before.id - 1)).body()
+        sent = [await next_chunk(stream) for _ in range(3)]
+        assert sent[1] == before.sse_frame()
+        await hub.fill()  # the hub meets the revocation, then "after"
+        rest = [chunk async for chunk in stream]
+        assert subscriber.closed == "revoked"
+        assert after.sse_frame() not in rest
+        assert revocation > before.id
+
+    run_with_hub(body)
+
+
+def _revoke_quietly(*pks: str) -> int:
+    """A revocation stored with no notice: the hub meets it only when it reads the database."""
+    from notify.control import REVOCATION
+
+    return Event.objects.create(channel=REVOCATION, event=REVOCATION, data={"users": list(pks)}).id

@@ -11,7 +11,6 @@ from notify.broker.base import (
     Broker,
     Notice,
     Resync,
-    Revocation,
     decode_notice,
     encode_notice,
 )
@@ -22,7 +21,6 @@ __all__ = [
     "Broker",
     "Notice",
     "Resync",
-    "Revocation",
     "decode_notice",
     "encode_notice",
     "get_broker",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Final, NamedTuple
+from typing import Final
 
 from notify.sse import data_line
 
@@ -26,13 +26,6 @@ class Resync:
 
 
 RESYNC: Final = Resync()
-
-
-class Revocation(NamedTuple):
-    """Yielded by ``Broker.subscribe`` when ``notify.revoke`` was called in any process: every
-    hub closes the streams of the user whose pk is ``user_id``."""
-
-    user_id: str
 
 
 class Notice:
@@ -103,18 +96,9 @@ class Broker(abc.ABC):
             self.publish(notice)
 
     @abc.abstractmethod
-    def subscribe(self) -> AsyncIterator[bytes | Resync | Revocation]:
-        """Notices as they arrive; ``RESYNC`` first and after every reconnect; a
-        ``Revocation`` for each ``revoke`` of any process. Runs until cancelled,
-        reconnecting by itself."""
-
-    def revoke(self, user_id: str) -> None:
-        """Tell every subscribed process to close the streams of the user ``user_id``. Called
-        from any thread; never raises. A broker that cannot carry revocations logs it."""
-        logger.warning(
-            "notify: %s cannot revoke streams; the user's open streams stay open",
-            type(self).__name__,
-        )
+    def subscribe(self) -> AsyncIterator[bytes | Resync]:
+        """Notices as they arrive; ``RESYNC`` first and after every reconnect. Runs until
+        cancelled, reconnecting by itself. (Revocations are events: ``notify.control``.)"""
 
     async def ping(self) -> None:  # noqa: B027 (optional, see the docstring)
         """Return once the broker answered; raise (any exception) when it cannot be reached.

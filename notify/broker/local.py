@@ -8,9 +8,9 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
-from notify.broker.base import RESYNC, Broker, Resync, Revocation
+from notify.broker.base import RESYNC, Broker, Resync
 
-Item = bytes | Resync | Revocation
+Item = bytes | Resync
 
 # Notices waiting for the hub; beyond this the hub re-reads from the database instead.
 QUEUE_SIZE = 10_000
@@ -40,11 +40,6 @@ class LocalBroker(Broker):
 
     def publish(self, notice: bytes) -> None:
         self._send(notice)
-
-    def revoke(self, user_id: str) -> None:
-        """Revocations reach this process's hubs only: ``revoke`` called in another process
-        (a shell, a worker) does not reach the server's streams without Redis."""
-        self._send(Revocation(user_id))
 
     def _send(self, item: Item) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript, Script
 from redis.retry import Retry
 
-from notify.broker.base import RESYNC, Broker, Resync, Revocation
+from notify.broker.base import RESYNC, Broker, Resync
 
 logger = logging.getLogger("notify.broker")
 
@@ -34,6 +34,9 @@ _RETRY_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 # Reconnect delays after Redis goes away: 0.1 s doubling to 2 s.
 _FIRST_DELAY = 0.1
 _MAX_DELAY = 2.0
+# How long a PUBLISH (or its connection) may take, in seconds: the publisher's request, or
+# a logout's, waits for it.
+_PUBLISH_TIMEOUT = 1.0
 # After a failed PUBLISH, publishing leaves Redis alone this long (see RedisBroker._send);
 # likewise presence reads after a failed one.
 _SKIP_AFTER_FAILURE = 1.0
@@ -169,8 +172,6 @@ class RedisBroker(Broker):
     def __init__(self, url: str, prefix: str = "notify", health_check_seconds: float = 15.0):
         self.url = url
         self.channel = f"{prefix}:events"
-        # Revocations travel apart from events, on the same subscription.
-        self.control_channel = f"{prefix}:control"
         self.health_check_seconds = health_check_seconds
         self._connected = False
         # Until then (time.monotonic()), publishing skips Redis: it failed moments ago.
@@ -199,33 +200,36 @@ class RedisBroker(Broker):
             if self._client is None:
                 self._client = redis.Redis.from_url(
                     self.url,
-                    socket_connect_timeout=2,
-                    socket_timeout=2,
-                    retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-                    retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                    socket_connect_timeout=_PUBLISH_TIMEOUT,
+                    socket_timeout=_PUBLISH_TIMEOUT,
+                    # A refused or reset connection is retried at once; a timeout is not:
+                    # publishing runs on the publisher's request, and a silent Redis would
+                    # cost it every attempt's timeout.
+                    retry=Retry(
+                        ExponentialBackoff(cap=0.5, base=0.05),
+                        2,
+                        supported_errors=(redis.ConnectionError,),
+                    ),
                 )
             return self._client
 
     def publish(self, notice: bytes) -> None:
         self.publish_many([notice])
 
-    def revoke(self, user_id: str) -> None:
-        # Always tried: a revocation is rare, and one skipped would leave streams open.
-        self._send(self.control_channel, [user_id.encode()], "a revocation", skip=False)
-
     def publish_many(self, notices: list[bytes]) -> None:
         # The events are committed: when the notices cannot be sent, subscribers read the
         # events from the database (they poll while their own subscription is down, and
         # notice the gap or reconcile otherwise; see notify.hub).
-        self._send(self.channel, notices, "events")
+        self._send(self.channel, notices)
 
-    def _send(self, channel: str, messages: list[bytes], what: str, skip: bool = True) -> None:
+    def _send(self, channel: str, messages: list[bytes]) -> None:
         """PUBLISH ``messages`` in one round trip, unless Redis failed moments ago.
 
-        A failed attempt costs its retries (about 0.3 s when the connection is refused), and
-        every publish of the process would pay that while Redis is down: after a failure,
-        publishing skips Redis for ``_SKIP_AFTER_FAILURE`` seconds instead."""
-        if skip and time.monotonic() < self._skip_until:
+        A failed attempt costs up to ``_PUBLISH_TIMEOUT`` (a silent Redis) or its quick
+        retries (a refused connection), and every publish of the process would pay that while
+        Redis is down: after a failure, publishing skips Redis for ``_SKIP_AFTER_FAILURE``
+        seconds instead."""
+        if time.monotonic() < self._skip_until:
             return
         try:
             client = self._publisher()
@@ -239,8 +243,7 @@ class RedisBroker(Broker):
         except redis.RedisError as exc:
             self._skip_until = time.monotonic() + _SKIP_AFTER_FAILURE
             logger.warning(
-                "notify: could not send %s to Redis at %s (%s); not trying again for %g s",
-                what,
+                "notify: could not send events to Redis at %s (%s); not trying again for %g s",
                 self.url,
                 exc,
                 _SKIP_AFTER_FAILURE,
@@ -332,8 +335,7 @@ class RedisBroker(Broker):
             )
         return client
 
-    async def subscribe(self) -> AsyncIterator[bytes | Resync | Revocation]:
-        control = self.control_channel.encode()
+    async def subscribe(self) -> AsyncIterator[bytes | Resync]:
         delay = _FIRST_DELAY
         while True:
             client = aioredis.Redis.from_url(
@@ -348,7 +350,7 @@ class RedisBroker(Broker):
             )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel, self.control_channel)
+                await pubsub.subscribe(self.channel)
                 self._connected = True
                 delay = _FIRST_DELAY
                 yield RESYNC
@@ -356,10 +358,7 @@ class RedisBroker(Broker):
                     message = await pubsub.get_message(timeout=self.health_check_seconds)
                     if message is None or message["type"] != "message":
                         continue
-                    if message["channel"] == control:
-                        yield Revocation(message["data"].decode())
-                    else:
-                        yield message["data"]
+                    yield message["data"]
             except _RETRY_ERRORS as exc:
                 if self._connected:
                     logger.warning("notify: lost the Redis subscription (%s); reconnecting", exc)
