@@ -57,8 +57,8 @@ def test_an_event_sent_on_the_wrong_channel_is_foreign():
 # User 7's channel. Ids 10-16 are stored on it, 13 is the revocation event of a logout at
 # loop time 100.0 that ended session "s1" ("s2" is the user's other browser).
 PRIVATE = {**{i: "user:7" for i in (10, 11, 12, 14, 15, 16)}, 13: "notify.revoke"}
-LOGOUT = Revocation("logout", "7", 13, 100.0, frozenset({"s1"}))
-REVOKE = Revocation("revoke", "7", 13, 100.0)
+LOGOUT = Revocation("logout", "7", 13, 100.0, 100.1, frozenset({"s1"}))
+REVOKE = Revocation("revoke", "7", 13, 100.0, 100.1)
 
 
 def logged_in(*connections: tuple[str, float | None, list[int]]) -> Received:
@@ -102,12 +102,12 @@ def test_a_connection_with_a_session_a_logout_ended_gets_nothing_after_it_ever()
 
 
 def test_a_revocation_applies_to_its_own_user_only():
-    other = Revocation("logout", "8", 11, 90.0, frozenset({"s9"}))
+    other = Revocation("logout", "8", 11, 90.0, 90.1, frozenset({"s9"}))
     assert judge([logged_in(("s1", 80.0, [10, 11, 12, 14, 15, 16]))], PRIVATE, [other]).clean
 
 
 def test_the_earliest_revocation_that_applies_is_the_cutoff():
-    later = Revocation("revoke", "7", 15, 101.0)
+    later = Revocation("revoke", "7", 15, 101.0, 101.1)
     verdict = judge([logged_in(("s2", 99.0, [10, 11, 12, 14, 15, 16]))], PRIVATE, [later, REVOKE])
     assert verdict.foreign == 3
     assert verdict.after_revocation == {"revoke": 3}

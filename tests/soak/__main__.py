@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -301,8 +302,9 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
         problems.append(f"tracebacks in server logs: {tracebacks}")
     if after := verdict.after_revocation:
         print(
-            f"soak: foreign after a revocation: {sum(after.values())} events on revoked "
-            f"connections ({', '.join(f'{n} after a {kind}' for kind, n in after.items())}), "
+            f"soak: foreign after a revocation: {sum(after.values())} events on "
+            f"{verdict.leaking_connections} revoked connections "
+            f"({', '.join(f'{n} after a {kind}' for kind, n in after.items())}), "
             f"{verdict.private_after_revocation} of them of the user's own channel",
             flush=True,
         )
@@ -336,12 +338,20 @@ def report_revocations(revoker: Revoker, users: int) -> None:
         "stored a revocation event",
         flush=True,
     )
+    if revocations:
+        took = sorted(r.finished - r.started for r in revocations)
+        print(
+            f"soak: revocations took {1000 * statistics.median(took):.0f} ms (median), "
+            f"{took[-1]:.2f} s at most",
+            flush=True,
+        )
 
 
 def describe_revocation(revocation: Revocation) -> str:
     ended = ", ".join(session[:8] + "…" for session in sorted(revocation.ended_sessions))
-    return f"{revocation.started:.2f} {revocation.kind}, revocation {revocation.event_id}" + (
-        f", ended {ended}" if ended else ""
+    return (
+        f"{revocation.started:.2f} to {revocation.finished:.2f}: {revocation.kind}, "
+        f"revocation {revocation.event_id}{f', ended {ended}' if ended else ''}"
     )
 
 

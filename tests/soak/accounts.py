@@ -34,8 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import httpx
-
 from tests.soak.check import Revocation
 
 Result = TypeVar("Result")
@@ -233,13 +231,14 @@ class Revoker:
                 await in_django(change_password, account.pk)
             else:
                 await in_django(revoke, account.pk)
+        finished = loop.time()
         newest, found = await in_django(revocations_since, self.mark, account.pk)
         self.mark = newest
         if not found:
             self.unstored.append(f"the {kind} of user {account.pk} at {started:.2f}")
         # Without a revocation event, the newest id once it returned bounds what may follow.
         event_id = min(found, default=newest)
-        self.revocations.append(Revocation(kind, account.pk, event_id, started, ended))
+        self.revocations.append(Revocation(kind, account.pk, event_id, started, finished, ended))
 
     async def log_out(self, session: str) -> None:
         """``POST /accounts/logout/`` with ``session``, to either server, until one answers
@@ -250,25 +249,43 @@ class Revoker:
         # The CSRF token a page of the site would hold; a token of the cookie's form is
         # all Django's check compares.
         token = get_random_string(32)
-        cookie = f"{settings.SESSION_COOKIE_NAME}={session}; {settings.CSRF_COOKIE_NAME}={token}"
-        headers = {"Cookie": cookie, "X-CSRFToken": token}
+        headers = {
+            "Cookie": f"{settings.SESSION_COOKIE_NAME}={session}; "
+            f"{settings.CSRF_COOKIE_NAME}={token}",
+            "X-CSRFToken": token,
+        }
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LOGOUT_TIMEOUT
         ports = self.rng.sample(self.ports, len(self.ports))
-        # A client of its own each time: httpx's would keep the cookies a response sets.
-        async with httpx.AsyncClient(timeout=10) as http:
-            while True:
-                port = ports[0]
-                try:
-                    response = await http.post(
-                        f"http://127.0.0.1:{port}{LOGOUT_PATH}", headers=headers
-                    )
-                except httpx.TransportError:
-                    if loop.time() > deadline:
-                        raise
-                    ports.reverse()
-                    await asyncio.sleep(0.2)
-                    continue
-                if response.status_code != 302:
-                    raise RuntimeError(f"the logout on port {port} answered {response.status_code}")
-                return
+        while True:
+            try:
+                status = await post(ports[0], LOGOUT_PATH, headers)
+            except (OSError, EOFError, TimeoutError):
+                if loop.time() > deadline:
+                    raise
+                ports.reverse()
+                await asyncio.sleep(0.2)
+                continue
+            if status != 302:
+                raise RuntimeError(f"the logout on port {ports[0]} answered {status}")
+            return
+
+
+async def post(port: int, path: str, headers: dict[str, str]) -> int:
+    """An empty ``POST`` to the server on ``port``: the status of its answer. Raises OSError
+    or EOFError when the connection failed, TimeoutError after 10 s."""
+    async with asyncio.timeout(10):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            lines = [
+                f"POST {path} HTTP/1.1",
+                f"Host: 127.0.0.1:{port}",
+                "Content-Length: 0",
+                "Connection: close",
+                *(f"{name}: {value}" for name, value in headers.items()),
+            ]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            return int(head.split(b" ", 2)[1])
+        finally:
+            writer.close()

@@ -36,8 +36,9 @@ class Revocation:
     #: The id of the revocation event it stored in the event log (``notify.revoke``). A
     #: revocation that stored none is judged against the newest id after it returned.
     event_id: int
-    #: Loop time at which it began.
+    #: Loop time at which it began, and at which it had returned.
     started: float
+    finished: float
     #: The sessions it ended: a logout's own; every session of the user for a password
     #: change; none for ``notify.revoke``.
     ended_sessions: frozenset[str] = frozenset()
@@ -69,9 +70,11 @@ class Verdict:
     #: Connections that a revocation had to end or refuse (see ``cutoff``).
     revoked_connections: int = 0
     #: Of the foreign events, those a revoked connection got after its revocation, by the
-    #: revocation's kind, and how many of those were of a user's own channel.
+    #: revocation's kind; how many of those were of a user's own channel; and on how many
+    #: connections.
     after_revocation: dict[str, int] = field(default_factory=dict)
     private_after_revocation: int = 0
+    leaking_connections: int = 0
     #: A few examples per kind, for the report.
     examples: dict[str, list[str]] = field(default_factory=dict)
 
@@ -179,6 +182,7 @@ def judge_revocations(
         if revocation is None:
             continue
         verdict.revoked_connections += 1
+        leaked = verdict.foreign
         for event_id, channel in client.events[connection.start : connection.end]:
             misdelivered = stored.get(event_id) != channel or channel not in client.channels
             if event_id > revocation.event_id and not misdelivered:
@@ -188,6 +192,7 @@ def judge_revocations(
                 verdict.private_after_revocation += channel.startswith(PRIVATE_PREFIX)
                 what = describe(connection, revocation, event_id, channel)
                 verdict.note("foreign", f"client {number} (user {client.user}): {what}")
+        verdict.leaking_connections += verdict.foreign > leaked
 
 
 def describe(connection: Connection, revocation: Revocation, event_id: int, channel: str) -> str:
@@ -197,6 +202,7 @@ def describe(connection: Connection, revocation: Revocation, event_id: int, chan
     ended = ", which ended that session" if connection.session in revocation.ended_sessions else ""
     return (
         f"id {event_id} of {channel!r} on a connection to port {connection.port} (session "
-        f"{connection.session[:8]}…, {how}) after the {revocation.kind} at "
-        f"{revocation.started:.2f}, revocation {revocation.event_id}{ended}"
+        f"{connection.session[:8]}…, {how}) after the {revocation.kind} of "
+        f"{revocation.started:.2f} to {revocation.finished:.2f}, revocation "
+        f"{revocation.event_id}{ended}"
     )
