@@ -195,10 +195,11 @@ class Revoker:
     mark: int = 0
 
     async def run(self, until: float) -> None:
+        """Revoke until the loop time ``until``; the streams then settle."""
         loop = asyncio.get_running_loop()
         kinds, weights = list(KINDS), list(KINDS.values())
-        while loop.time() + self.interval < until:
-            await asyncio.sleep(self.rng.expovariate(1 / self.interval))
+        while (due := loop.time() + self.rng.expovariate(1 / self.interval)) < until:
+            await asyncio.sleep(due - loop.time())
             account = self.rng.choice(self.accounts)
             kind = self.rng.choices(kinds, weights)[0]
             browser = self.rng.choice(account.browsers)

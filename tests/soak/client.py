@@ -111,6 +111,7 @@ class Client:
         self.session: str | None = None
         #: The logged-in client's current connection, while its stream is opening or open.
         self.connection: Connection | None = None
+        #: Whether the current connection counts among its user's opening streams.
         self._opening = False
         #: Set by ``forbidden``: the browser must log in again before the next connection.
         self._log_in = False
