@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.processes import ROOT
-from tests.soak.check import Connection, Received, Revocation, judge
+from tests.soak.check import Connection, Leak, Received, Revocation, judge
 
 STORED = {1: "a", 2: "b", 4: "a", 5: "a", 6: "b"}  # id 3 was rolled back
 
@@ -76,8 +76,7 @@ def test_a_stream_streaming_before_a_revocation_gets_nothing_after_it(revocation
     # Streaming since 99.0, before the revocation began: 14 came after its event, 13.
     verdict = judge([logged_in(("s2", 99.0, [10, 11, 12, 14]))], PRIVATE, [revocation])
     assert verdict.foreign == 1
-    assert verdict.after_revocation == {revocation.kind: 1}
-    assert verdict.private_after_revocation == 1
+    assert verdict.leaks == {revocation: Leak(connections=1, events=1, private=1)}
     assert "id 14 of 'user:7'" in verdict.examples["foreign"][0]
     assert verdict.revoked_connections == 1
 
@@ -110,7 +109,7 @@ def test_the_earliest_revocation_that_applies_is_the_cutoff():
     later = Revocation("revoke", "7", 15, 101.0, 101.1)
     verdict = judge([logged_in(("s2", 99.0, [10, 11, 12, 14, 15, 16]))], PRIVATE, [later, REVOKE])
     assert verdict.foreign == 3
-    assert verdict.after_revocation == {"revoke": 3}
+    assert verdict.leaks == {REVOKE: Leak(connections=1, events=3, private=3)}
 
 
 def test_public_events_after_a_revocation_count_too():
@@ -122,7 +121,7 @@ def test_public_events_after_a_revocation_count_too():
     client.connections = [Connection("s2", 8000, 0, 2, 99.0)]
     verdict = judge([client], stored, [REVOKE])
     assert verdict.foreign == 1
-    assert verdict.private_after_revocation == 0
+    assert verdict.leaks == {REVOKE: Leak(connections=1, events=1, private=0)}
 
 
 def test_a_short_soak_run_loses_nothing():

@@ -300,14 +300,20 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
         problems.append(f"publishers {failed} failed")
     if tracebacks := cluster.tracebacks():
         problems.append(f"tracebacks in server logs: {tracebacks}")
-    if after := verdict.after_revocation:
+    if verdict.leaks:
+        events = sum(leak.events for leak in verdict.leaks.values())
         print(
-            f"soak: foreign after a revocation: {sum(after.values())} events on "
-            f"{verdict.leaking_connections} revoked connections "
-            f"({', '.join(f'{n} after a {kind}' for kind, n in after.items())}), "
-            f"{verdict.private_after_revocation} of them of the user's own channel",
+            f"soak: foreign after a revocation: {events} events after {len(verdict.leaks)} "
+            "revocations, on connections they ended:",
             flush=True,
         )
+        for revocation, leak in sorted(verdict.leaks.items(), key=lambda item: item[0].started):
+            print(
+                f"soak:   {describe_revocation(revocation)}: {leak.events} events "
+                f"({leak.private} of user {revocation.user}'s channel) on "
+                f"{leak.connections} connections",
+                flush=True,
+            )
     for kind, examples in verdict.examples.items():
         print(f"soak: {kind}: {'; '.join(examples)}", flush=True)
     if not verdict.clean:
@@ -350,8 +356,9 @@ def report_revocations(revoker: Revoker, users: int) -> None:
 def describe_revocation(revocation: Revocation) -> str:
     ended = ", ".join(session[:8] + "…" for session in sorted(revocation.ended_sessions))
     return (
-        f"{revocation.started:.2f} to {revocation.finished:.2f}: {revocation.kind}, "
-        f"revocation {revocation.event_id}{f', ended {ended}' if ended else ''}"
+        f"{revocation.started:.2f} to {revocation.finished:.2f}: {revocation.kind} of user "
+        f"{revocation.user}, revocation {revocation.event_id}"
+        f"{f', ended {ended}' if ended else ''}"
     )
 
 
@@ -454,8 +461,11 @@ async def run_faults(
     ]
     for fraction, fault in schedule:
         await asyncio.sleep(max(0.0, started + fraction * args.duration - loop.time()))
+        begun = loop.time()
         try:
-            faults.done.append(await asyncio.to_thread(fault))
+            done = await asyncio.to_thread(fault)
+            # Loop times, as in the clients' traces and the revocations.
+            faults.done.append(f"{done} ({begun:.2f} to {loop.time():.2f})")
         except Exception as exc:  # reported: the run fails
             faults.errors.append(f"{fault.__name__}: {exc!r}")
 

@@ -60,6 +60,16 @@ class Received:
 
 
 @dataclass
+class Leak:
+    """What the connections that one revocation ended got after it."""
+
+    connections: int = 0
+    events: int = 0
+    #: Events of a user's own channel (``user:<pk>``), of those.
+    private: int = 0
+
+
+@dataclass
 class Verdict:
     deliveries: int = 0
     lost: int = 0
@@ -69,12 +79,8 @@ class Verdict:
     phantom: int = 0
     #: Connections that a revocation had to end or refuse (see ``cutoff``).
     revoked_connections: int = 0
-    #: Of the foreign events, those a revoked connection got after its revocation, by the
-    #: revocation's kind; how many of those were of a user's own channel; and on how many
-    #: connections.
-    after_revocation: dict[str, int] = field(default_factory=dict)
-    private_after_revocation: int = 0
-    leaking_connections: int = 0
+    #: The revocations whose connections got events after them (counted as foreign).
+    leaks: dict[Revocation, Leak] = field(default_factory=dict)
     #: A few examples per kind, for the report.
     examples: dict[str, list[str]] = field(default_factory=dict)
 
@@ -182,17 +188,24 @@ def judge_revocations(
         if revocation is None:
             continue
         verdict.revoked_connections += 1
-        leaked = verdict.foreign
-        for event_id, channel in client.events[connection.start : connection.end]:
-            misdelivered = stored.get(event_id) != channel or channel not in client.channels
-            if event_id > revocation.event_id and not misdelivered:
-                verdict.foreign += 1
-                kinds = verdict.after_revocation
-                kinds[revocation.kind] = kinds.get(revocation.kind, 0) + 1
-                verdict.private_after_revocation += channel.startswith(PRIVATE_PREFIX)
-                what = describe(connection, revocation, event_id, channel)
-                verdict.note("foreign", f"client {number} (user {client.user}): {what}")
-        verdict.leaking_connections += verdict.foreign > leaked
+        leaked = [
+            (event_id, channel)
+            for event_id, channel in client.events[connection.start : connection.end]
+            # Misdelivered events are foreign already.
+            if event_id > revocation.event_id
+            and stored.get(event_id) == channel
+            and channel in client.channels
+        ]
+        if not leaked:
+            continue
+        verdict.foreign += len(leaked)
+        leak = verdict.leaks.setdefault(revocation, Leak())
+        leak.connections += 1
+        leak.events += len(leaked)
+        leak.private += sum(1 for _, channel in leaked if channel.startswith(PRIVATE_PREFIX))
+        for event_id, channel in leaked:
+            what = describe(connection, revocation, event_id, channel)
+            verdict.note("foreign", f"client {number} (user {client.user}): {what}")
 
 
 def describe(connection: Connection, revocation: Revocation, event_id: int, channel: str) -> str:
