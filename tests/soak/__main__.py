@@ -311,7 +311,7 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
             print(
                 f"soak:   {describe_revocation(revocation)}: {leak.events} events "
                 f"({leak.private} of user {revocation.user}'s channel) on "
-                f"{leak.connections} connections",
+                f"{leak.connections} connection{'' if leak.connections == 1 else 's'}",
                 flush=True,
             )
     for kind, examples in verdict.examples.items():
