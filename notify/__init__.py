@@ -22,10 +22,10 @@ async def apublish(channel: str, data: Any = None, *, event: str = "message") ->
     return await _apublish(channel, data, event=event)
 
 
-def revoke(user: Any) -> None:
+def revoke(user: Any) -> Event:
     from notify.revocation import revoke as _revoke
 
-    _revoke(user)
+    return _revoke(user)
 
 
 def presence(channel: str) -> int | None:

@@ -9,6 +9,7 @@ session, the user, a policy that queries) runs in one thread-pool call before st
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib import import_module
@@ -22,7 +23,7 @@ from django.http.cookie import parse_cookie
 
 from notify import authorization, limits
 from notify.db import db_call
-from notify.hub import HubUnavailable, Subscriber, get_hub
+from notify.hub import Hub, HubUnavailable, Subscriber, Ticket, get_hub
 from notify.stream import StreamRequest
 
 # What a client refused for want of a database is told to wait, in seconds.
@@ -40,38 +41,107 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
+#: The scope key under which ``notify.routing``'s middleware hands the consumer the ticket
+#: it took before Channels' middleware looked up the user (None: the hub was unavailable).
+TICKET_SCOPE_KEY = "notify.ticket"
+
+
+class Admission:
+    """A stream let in: authorized, counted against its owner's limit, holding its ticket
+    until it joins the hub (``attach``). ``close()`` undoes all of it, once; every way out,
+    an exception or a cancellation at any ``await``, must reach it."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        ticket: Ticket,
+        user_id: str | None,
+        owner: str,
+        counter: limits.StreamCounter | None,
+    ) -> None:
+        self.hub = hub
+        self.ticket = ticket
+        self.user_id = user_id
+        self.owner = owner
+        self.counter = counter
+        self.subscriber: Subscriber | None = None
+        self.closed = False
+
+    def attach(self, channels: Sequence[str]) -> Subscriber:
+        """The stream's subscriber, registered in the hub from the calling task, which is
+        the one that streams: when it ends, however it ends, the admission is closed."""
+        if self.closed:
+            raise RuntimeError("attach() after close()")
+        subscriber = self.hub.attach(channels, self.user_id, self.ticket)
+        self.subscriber = subscriber
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(lambda _: self.close())
+        return subscriber
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.ticket.close()
+        if self.subscriber is not None:
+            self.hub.unsubscribe(self.subscriber)
+        if self.counter is not None:
+            self.counter.release(self.owner)
+
+
+async def admit(scope: Mapping[str, Any], channels: Sequence[str]) -> Admission:
+    """Let a stream of ``channels`` in, or raise ``Refused``: the hub is ready (503), its
+    user may read them (403), its owner is under the limit (429). The caller must
+    ``close()`` what this returns, on every way out.
+
+    Order matters: the ticket is taken before the user is looked up (here, or by Channels'
+    middleware: ``notify.routing``), so that a revocation stored from then on, even while
+    the session is being read, closes the stream as it joins."""
+    hub = get_hub()
+    if TICKET_SCOPE_KEY in scope:
+        ticket = scope[TICKET_SCOPE_KEY]
+        if ticket is None:
+            raise Refused(
+                503,
+                "Streams are unavailable: the database could not be read.",
+                UNAVAILABLE_RETRY_AFTER,
+            )
+    else:
+        try:
+            await hub.until_ready()
+        except HubUnavailable as exc:
+            raise Refused(503, f"Streams are unavailable: {exc}.", UNAVAILABLE_RETRY_AFTER) from exc
+        ticket = hub.ticket()
+    try:
+        access = await check_access(scope, channels)
+        if access.refused:
+            raise Refused(403, authorization.describe_refusal(access.refused))
+        # Counted only under a limit: counting is a broker round trip, and with no limit to
+        # compare with it serves nothing. ``acquire`` counts nothing if it is cancelled.
+        owner, limit = limits.owner(access.user_id, limits.client_address(scope))
+        counter = None
+        if limit is not None:
+            counter = limits.get_counter()
+            if not await counter.acquire(owner, limit):
+                raise Refused(429, limits.refusal(owner, limit), limits.RETRY_AFTER)
+    except BaseException:
+        ticket.close()
+        raise
+    # No await from here to the caller's try: nothing can cancel the stream in between.
+    return Admission(hub, ticket, access.user_id, owner, counter)
+
+
 @contextlib.asynccontextmanager
 async def admitted(scope: Mapping[str, Any], request: StreamRequest) -> AsyncIterator[Subscriber]:
     """The stream's subscriber in the running loop's hub, for the ``async with`` block;
     unsubscribed (and no longer counted against its owner's limit) when the block ends.
     Raises ``Refused``."""
-    access = await check_access(scope, request.channels)
-    if access.refused:
-        raise Refused(403, authorization.describe_refusal(access.refused))
-    # Counted before subscribing; released once unsubscribed. Only under a limit: counting
-    # is a broker round trip (each process's opens take turns for it), and with no limit
-    # to compare with it serves nothing.
-    owner, limit = limits.owner(access.user_id, limits.client_address(scope))
-    counter = None
-    if limit is not None:
-        counter = limits.get_counter()
-        if not await counter.acquire(owner, limit):
-            raise Refused(429, limits.refusal(owner, limit), limits.RETRY_AFTER)
-    hub = get_hub()
+    admission = await admit(scope, request.channels)
     try:
-        subscriber = await hub.subscribe(request.channels, access.user_id)
-    except BaseException as exc:
-        if counter is not None:
-            counter.release(owner)
-        if not isinstance(exc, HubUnavailable):
-            raise
-        raise Refused(503, f"Streams are unavailable: {exc}.", UNAVAILABLE_RETRY_AFTER) from exc
-    try:
-        yield subscriber
+        yield admission.attach(request.channels)
     finally:
-        hub.unsubscribe(subscriber)
-        if counter is not None:
-            counter.release(owner)
+        admission.close()
 
 
 async def check_access(scope: Mapping[str, Any], channels: Sequence[str]) -> authorization.Access:

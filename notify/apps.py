@@ -7,6 +7,8 @@ class NotifyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Registers the system checks, the setting_changed receivers and the revocation of
-        # a user's streams on logout.
+        # Registers the system checks and the setting_changed receivers, and connects the
+        # revocations that notify makes by itself (logout, password, groups, staff).
         from notify import checks, revocation, signals  # noqa: F401
+
+        revocation.connect()

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from django.core.exceptions import ValidationError
+from django.core.handlers.asgi import get_script_prefix
 from django.urls import Resolver404, resolve
 
 from notify import cors, limits, metrics, shutdown
@@ -95,9 +96,12 @@ def freeze_startup_objects() -> None:
 
 
 def _path_info(scope: Scope) -> str:
+    """The path Django's URL resolver sees for ``scope``: without the script prefix, taken
+    as Django's ASGI handler takes it (``FORCE_SCRIPT_NAME``, else the ASGI ``root_path``),
+    so that the stream's URL is answered here however the prefix is set."""
     path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    return path.removeprefix(root_path) if root_path else path
+    script_name = get_script_prefix(scope)
+    return path.removeprefix(script_name) if script_name else path
 
 
 @functools.lru_cache(maxsize=1024)

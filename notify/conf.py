@@ -2,13 +2,21 @@
 
 Every setting lives in the ``NOTIFY`` dict of the project's settings. Values are read
 on each access (not cached at import), so ``override_settings(NOTIFY=...)`` works in tests.
+
+The system checks (``notify.checks``) report a misconfiguration, but only where checks run
+(``manage.py check``, ``runserver``, ``migrate``): daphne and uvicorn run none. A setting whose
+wrong value would open something at run time is therefore refused here too, failing closed,
+with an error logged once per process (``report_misconfiguration``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 from django.conf import settings
+
+logger = logging.getLogger("notify.conf")
 
 DEFAULTS: dict[str, Any] = {
     # Redis for cross-process fan-out; None runs the embedded broker (one process polls the DB).
@@ -75,6 +83,18 @@ def user_settings() -> dict[str, Any]:
 
 def get(name: str) -> Any:
     return user_settings().get(name, DEFAULTS[name])
+
+
+_reported: set[str] = set()
+
+
+def report_misconfiguration(check_id: str, message: str) -> None:
+    """Log ``message`` as an error, the first time only of each process for ``check_id``
+    (the system check that reports the same problem): it would otherwise come with every
+    request that meets the setting."""
+    if check_id not in _reported:
+        _reported.add(check_id)
+        logger.error("notify: %s (%s)", message, check_id)
 
 
 class Settings:
@@ -166,7 +186,18 @@ class Settings:
 
     @property
     def PUBLISH_TOKENS(self) -> list[str]:
-        return [str(token) for token in get("PUBLISH_TOKENS") or []]
+        value = get("PUBLISH_TOKENS") or []
+        # Read as a list, a string would make each of its characters a token, and str() of
+        # an os.environ.get() that found nothing would make "None" one.
+        given = list(value) if isinstance(value, list | tuple) else None
+        tokens = [token for token in given or [] if isinstance(token, str) and token]
+        if given is None or len(tokens) < len(given):
+            report_misconfiguration(
+                "notify.E009",
+                'NOTIFY["PUBLISH_TOKENS"] must be a list of non-empty strings; '
+                "anything else in it is no token",
+            )
+        return tokens
 
     @property
     def CORS_ALLOWED_ORIGINS(self) -> list[str]:
@@ -183,7 +214,15 @@ class Settings:
     @property
     def METRICS_TOKEN(self) -> str | None:
         value = get("METRICS_TOKEN")
-        return None if value is None else str(value)
+        if value is None or (isinstance(value, str) and value):
+            return value
+        # str() would make a token of anything: METRICS_TOKEN = True let "Bearer True" in.
+        report_misconfiguration(
+            "notify.E015",
+            'NOTIFY["METRICS_TOKEN"] must be None or a non-empty string; it is ignored, '
+            "and staff users alone may read the metrics",
+        )
+        return None
 
 
 notify_settings = Settings()

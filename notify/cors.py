@@ -4,12 +4,18 @@ A page of another origin may open a stream only when that origin is one of
 ``NOTIFY["CORS_ALLOWED_ORIGINS"]``: its responses then name that origin (and allow cookies
 when ``NOTIFY["CORS_ALLOW_CREDENTIALS"]``); any other origin gets no CORS header at all, so
 its browser withholds the stream from the page. The stream and its fallback view share this
-module; it reads only notify's settings.
+module, and the WebSocket's origin check (``notify.routing``) reads ``"*"`` through it; it
+reads only notify's settings.
+
+``"*"`` lets every origin read the stream, which is safe only without credentials: with
+``NOTIFY["CORS_ALLOW_CREDENTIALS"]`` on as well, any site could read the streams of whoever
+visits it, as them. The system check ``notify.E011`` reports that, but servers such as daphne
+run no checks: here ``"*"`` then matches no origin, and an error says why, once per process.
 """
 
 from __future__ import annotations
 
-from notify.conf import notify_settings
+from notify.conf import notify_settings, report_misconfiguration
 
 ALLOWED_METHODS = "GET"
 # The headers a client may send: the cursor, which the browser sets on reconnecting, and a
@@ -21,10 +27,28 @@ MAX_AGE_SECONDS = 3600
 Headers = list[tuple[str, str]]
 
 
+def wildcard_allowed() -> bool:
+    """Whether ``NOTIFY["CORS_ALLOWED_ORIGINS"]`` has ``"*"`` and may use it: only while
+    ``NOTIFY["CORS_ALLOW_CREDENTIALS"]`` is off (``notify.E011``)."""
+    if "*" not in notify_settings.CORS_ALLOWED_ORIGINS:
+        return False
+    if not notify_settings.CORS_ALLOW_CREDENTIALS:
+        return True
+    report_misconfiguration(
+        "notify.E011",
+        'NOTIFY["CORS_ALLOWED_ORIGINS"] has "*" while NOTIFY["CORS_ALLOW_CREDENTIALS"] is '
+        "true, which would let any site read the streams of your logged-in users: "
+        '"*" matches no origin. List the origins you trust, or set '
+        'NOTIFY["CORS_ALLOW_CREDENTIALS"] = False',
+    )
+    return False
+
+
 def is_allowed(origin: str | None) -> bool:
     """Whether a page of ``origin`` (the request's ``Origin`` header) may read the stream."""
-    allowed = notify_settings.CORS_ALLOWED_ORIGINS
-    return origin is not None and (origin in allowed or "*" in allowed)
+    if origin is None or origin == "*":
+        return False
+    return origin in notify_settings.CORS_ALLOWED_ORIGINS or wildcard_allowed()
 
 
 def response_headers(origin: str | None) -> Headers:

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from notify import metrics
 from notify.broker import Broker, Notice, Resync, Revocation, decode_notice, get_broker
 from notify.conf import notify_settings
+from notify.control import REVOCATION, revoked_users
 from notify.db import db_call
 from notify.history import events_after, id_bounds
 from notify.sse import created_timestamp
@@ -52,6 +53,7 @@ class Subscriber:
         "floor",
         "frames",
         "heartbeat_due",
+        "hub",
         "last_write",
         "lost",
         "origin",
@@ -90,6 +92,8 @@ class Subscriber:
         self.last_write = now
         self.sending = False
         self.task: asyncio.Task[object] | None = asyncio.current_task()
+        # The hub this subscriber is registered in (set by ``Hub.attach``).
+        self.hub: Hub | None = None
 
     def push(self, notice: Notice, limit: int) -> None:
         if self.closed or notice.id <= self.floor:
@@ -165,6 +169,34 @@ class Subscriber:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _task_done(self, task: asyncio.Task[object]) -> None:
+        # The hub's safety net: whatever way the stream's task ended, it reads no more.
+        hub = self.hub
+        if hub is not None:
+            hub.unsubscribe(self)
+
+
+class Ticket:
+    """A stream being let in, taken before anything looks up its user: a revocation that
+    reaches the hub before the stream has joined the hub's index of users is noted here,
+    and ``Hub.attach`` closes the stream as it joins (see ``Hub.revoke``). Close it once
+    the stream has joined, or has been refused."""
+
+    __slots__ = ("hub", "revoked")
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        # The users revoked since the ticket was taken (None: nobody yet).
+        self.revoked: set[str] | None = None
+
+    def close(self) -> None:
+        self.hub.tickets.discard(self)
+
+    def _note(self, users: Iterable[str]) -> None:
+        if self.revoked is None:
+            self.revoked = set()
+        self.revoked.update(users)
+
 
 def cancelled_by_hub(subscriber: Subscriber) -> bool:
     """For a stream's ``except asyncio.CancelledError``: whether the hub cancelled the
@@ -186,6 +218,10 @@ class Hub:
         self.by_channel: dict[str, set[Subscriber]] = {}
         self.subscribers: set[Subscriber] = set()
         self.by_user: dict[str, set[Subscriber]] = {}
+        # Streams being let in (see ``Ticket``).
+        self.tickets: set[Ticket] = set()
+        # Set by ``close()``: a stream that joins from then on ends at once.
+        self.closed = False
         # The highest id delivered; None until the starting position is read.
         self.last_id: int | None = None
         self.pending: dict[int, Notice] = {}
@@ -214,14 +250,41 @@ class Hub:
 
     # -- streams ---------------------------------------------------------------------------
 
-    async def subscribe(self, channels: Iterable[str], user_id: str | None = None) -> Subscriber:
-        """Register for live events. Call before querying for the replay. ``user_id`` (the
-        pk of the stream's user) lets ``revoke`` close the stream."""
+    async def until_ready(self) -> None:
+        """Return once the hub knows where it starts (the newest id when it started); raise
+        ``HubUnavailable`` if that takes over ``READY_TIMEOUT`` (the database is down)."""
+        if self.ready.done():
+            return
         try:
             await asyncio.wait_for(asyncio.shield(self.ready), READY_TIMEOUT)
         except TimeoutError as exc:
             raise HubUnavailable("the database could not be read") from exc
+
+    def ticket(self) -> Ticket:
+        """A ticket for a stream about to be let in; take it after ``until_ready()``, before
+        looking up the stream's user. Revocations stored after that, whose place in the
+        event log is then above the hub's starting id, all reach it."""
+        ticket = Ticket(self)
+        self.tickets.add(ticket)
+        return ticket
+
+    async def subscribe(
+        self, channels: Iterable[str], user_id: str | None = None, ticket: Ticket | None = None
+    ) -> Subscriber:
+        """``attach``, once the hub is ready (raises ``HubUnavailable``)."""
+        await self.until_ready()
+        return self.attach(channels, user_id, ticket)
+
+    def attach(
+        self, channels: Iterable[str], user_id: str | None = None, ticket: Ticket | None = None
+    ) -> Subscriber:
+        """Register for live events; the hub must be ready. Call before querying for the
+        replay. ``user_id`` (the pk of the stream's user) lets ``revoke`` close the stream;
+        ``ticket``, taken before that user was looked up, closes it at once if the user was
+        revoked since. The subscriber is dropped when the calling task ends, whatever the
+        stream's own clean-up does."""
         subscriber = Subscriber(tuple(channels), self.loop.time(), user_id)
+        subscriber.hub = self
         if self.current():
             subscriber.origin = self.last_id
         for channel in subscriber.channels:
@@ -230,9 +293,21 @@ class Hub:
         self._emptied.clear()
         if user_id is not None:
             self.by_user.setdefault(user_id, set()).add(subscriber)
-        if self.draining:
+        if ticket is not None:
+            ticket.close()
+            if ticket.hub is not self or (
+                user_id is not None and ticket.revoked is not None and user_id in ticket.revoked
+            ):
+                # Authorized before a revocation of its user reached the hub (or by a hub
+                # that has since been replaced, whose revocations this one never saw).
+                subscriber.close("revoked")
+        if self.closed:
+            subscriber.close("hub-closed")
+        elif self.draining:
             # It passed the check for draining before the drain began: it ends at once.
             subscriber.close("shutdown")
+        if subscriber.task is not None:
+            subscriber.task.add_done_callback(subscriber._task_done)
         return subscriber
 
     def current(self) -> bool:
@@ -245,6 +320,11 @@ class Hub:
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         subscriber.close("unsubscribed")
+        if subscriber.hub is None:
+            return  # unsubscribed already
+        subscriber.hub = None
+        if subscriber.task is not None:
+            subscriber.task.remove_done_callback(subscriber._task_done)
         self.subscribers.discard(subscriber)
         if not self.subscribers:
             self._emptied.set()
@@ -261,12 +341,17 @@ class Hub:
                 if not streams:
                     del self.by_user[subscriber.user_id]
 
-    def revoke(self, user_id: str) -> None:
-        """Close this hub's streams of the user ``user_id`` (reason ``"revoked"``); their
-        clients reconnect and are authorized again. ``notify.revoke`` reaches every hub of
-        every process through the broker."""
-        for subscriber in list(self.by_user.get(user_id, ())):
-            subscriber.close("revoked")
+    def revoke(self, users: Iterable[str]) -> None:
+        """Close this hub's streams of the users whose pks are ``users`` (reason
+        ``"revoked"``), and those being let in (``Ticket``); their clients reconnect and
+        are authorized again. ``notify.revoke`` stores the revocation in the event log,
+        and every hub of every process meets it there, in id order (``_deliver``)."""
+        users = list(users)
+        for user_id in users:
+            for subscriber in list(self.by_user.get(user_id, ())):
+                subscriber.close("revoked")
+        for ticket in self.tickets:
+            ticket._note(users)
 
     async def drain(self, grace: float) -> None:
         """End every stream, for a shutdown (see ``notify.shutdown``). Open streams are
@@ -303,6 +388,7 @@ class Hub:
 
     def close(self) -> None:
         """Stop the hub (settings changed); its streams end and their clients reconnect."""
+        self.closed = True
         for task in self._tasks:
             task.cancel()
         if self._gap_task is not None:
@@ -328,8 +414,7 @@ class Hub:
 
     def _drain_pending(self) -> None:
         pending = self.pending
-        assert self.last_id is not None
-        while pending:
+        while pending and self.last_id is not None:
             notice = pending.pop(self.last_id + 1, None)
             if notice is None:
                 break
@@ -348,6 +433,16 @@ class Hub:
             if created is not None:
                 # The publisher's clock against this one's: a negative figure is clock skew.
                 metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - created))
+        elif notice.channel == REVOCATION:
+            # No stream reads this channel (it is reserved), so checking for it here costs
+            # the events that have streams nothing. It is acted on at its place in id
+            # order: no event after it reaches a stream it revokes.
+            try:
+                users = revoked_users(notice.message)
+            except ValueError:
+                logger.warning("notify: ignoring a malformed revocation #%d", notice.id)
+            else:
+                self.revoke(users)
 
     def _schedule_gap_fill(self, immediately: bool = False) -> None:
         if self._gap_task is not None and not self._gap_task.done():
@@ -434,7 +529,7 @@ class Hub:
                 self._synced = True
                 continue
             if isinstance(item, Revocation):
-                self.revoke(item.user_id)
+                self.revoke([item.user_id])
                 continue
             try:
                 notice = decode_notice(item)

@@ -11,6 +11,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from notify.conf import notify_settings
+from notify.control import RESERVED_PREFIX
 from notify.sse import CONTROL_PREFIX, encode_json
 
 CHANNEL_CHARS = "[A-Za-z0-9_.:@/-]"
@@ -68,6 +69,13 @@ def validate_channel(channel: Any) -> str:
             f'channel "{channel}" has a "." or ".." segment between slashes; '
             "name channels without them",
             code="dot_segment",
+        )
+    if channel.startswith(RESERVED_PREFIX):
+        # notify's own records (revocations) travel on these: nobody publishes or reads them.
+        raise ValidationError(
+            f'channel "{channel}" starts with "{RESERVED_PREFIX}", which is reserved for '
+            "notify's own records; name it otherwise",
+            code="reserved",
         )
     return channel
 

@@ -21,6 +21,9 @@ from tests.policies import POLICY
 
 ALLOWED = "https://app.example.com"
 APPS = ["tests.asgi:application", "tests.asgi_unwrapped:application"]
+WILDCARD_REFUSED = (
+    'NOTIFY["CORS_ALLOWED_ORIGINS"] has "*" while NOTIFY["CORS_ALLOW_CREDENTIALS"] is true'
+)
 
 
 def stream_url(server, channel: str = "broadcast") -> str:
@@ -79,6 +82,14 @@ def test_credentials_can_be_switched_off(start_server):
     assert "Access-Control-Allow-Credentials" not in headers
 
 
+def test_a_wildcard_without_credentials_lets_every_origin_read_without_them(start_server):
+    server = start_server(CORS_ALLOWED_ORIGINS=["*"], CORS_ALLOW_CREDENTIALS=False)
+    headers = stream_headers(stream_url(server), {"Origin": "https://any.example"})
+    assert headers["Access-Control-Allow-Origin"] == "https://any.example"
+    assert "Access-Control-Allow-Credentials" not in headers
+    assert WILDCARD_REFUSED not in server.output()
+
+
 def preflight_headers(origin: str) -> dict[str, str]:
     return {
         "Origin": origin,
@@ -106,6 +117,30 @@ def test_preflight(start_server, app):
     assert other.status_code == 405
     assert cors_names(other.headers) == set()
     assert "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_a_wildcard_with_credentials_matches_no_origin_though_no_check_ran(start_server, app):
+    # notify.E011 refuses this, but daphne runs no system check: reflecting every origin
+    # with credentials would let any site read the streams of its logged-in visitors.
+    server = start_server(app=app, CORS_ALLOWED_ORIGINS=["*", ALLOWED])
+    assert (
+        cors_names(stream_headers(stream_url(server), {"Origin": "https://evil.example"})) == set()
+    )
+    # An error naming the settings, once: later requests add nothing.
+    logged = server.output().count(WILDCARD_REFUSED)
+    assert logged > 0
+    for origin in ["https://evil.example", "null"]:
+        headers = stream_headers(stream_url(server), {"Origin": origin})
+        assert cors_names(headers) == set(), origin
+        preflight = httpx.options(stream_url(server), headers=preflight_headers(origin), timeout=10)
+        assert preflight.status_code == 405, origin
+        assert cors_names(preflight.headers) == set(), origin
+    # The origins listed by name still may.
+    headers = stream_headers(stream_url(server), {"Origin": ALLOWED})
+    assert headers["Access-Control-Allow-Origin"] == ALLOWED
+    assert headers["Access-Control-Allow-Credentials"] == "true"
+    assert server.output().count(WILDCARD_REFUSED) == logged
 
 
 # -- in a browser ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import unicodedata
 from typing import Any
 
 import pytest
@@ -27,7 +28,8 @@ def _default_sigint() -> None:
 
 
 class Listen:
-    """``manage.py listen`` in a subprocess; its stdout read line by line with a timeout."""
+    """``manage.py listen`` in a subprocess; its stdout read line by line with a timeout, as
+    the bytes it wrote (``raw_line``) or as text (``line``)."""
 
     def __init__(self, *args: str, redis_url: str | None, **notify_settings: Any) -> None:
         env = server_env(redis_url, **notify_settings)
@@ -39,22 +41,24 @@ class Listen:
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
             # A shell's background job ignores SIGINT, and an ignored signal stays ignored
             # across exec: listen would never see the Ctrl-C these tests send.
             preexec_fn=_default_sigint,
         )
-        self.lines: queue.Queue[str | None] = queue.Queue()
+        # Bytes, split at b"\n" only: a text pipe would turn a "\r" into a line break and
+        # hide what listen wrote.
+        self.lines: queue.Queue[bytes | None] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
+            self.lines.put(line)
         self.lines.put(None)
 
-    def line(self, timeout: float = 10.0) -> str:
+    def raw_line(self, timeout: float = 10.0) -> bytes:
+        """The next line exactly as written, its b"\n" included."""
         try:
             line = self.lines.get(timeout=timeout)
         except queue.Empty:
@@ -62,6 +66,9 @@ class Listen:
         if line is None:
             raise EOFError(f"listen exited with {self.process.wait()}: {self.stderr()}")
         return line
+
+    def line(self, timeout: float = 10.0) -> str:
+        return self.raw_line(timeout).decode("utf-8").removesuffix("\n")
 
     def take(self, count: int) -> list[str]:
         return [self.line() for _ in range(count)]
@@ -74,7 +81,7 @@ class Listen:
 
     def stderr(self) -> str:
         assert self.process.stderr is not None
-        return self.process.stderr.read()
+        return self.process.stderr.read().decode("utf-8")
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -148,6 +155,64 @@ def test_default_channel_is_broadcast(listen):
     event = notify.publish("broadcast", {"deploy": "v2"})
     assert listener.line() == f'#{event.id} broadcast message {{"deploy": "v2"}}'
     assert listener.interrupt() == (0, "")
+
+
+# Text that drives or spoofs a terminal, none of which a payload is refused for.
+HOSTILE = {
+    "csi": "\u009b2J\u009b31mred",  # C1 CSI: clear the screen, then red
+    "osc": "\u009d0;pwned\u009c",  # C1 OSC ... ST: the window's title
+    "esc": "\x1b[2J\x1b]52;c;cHduZWQ=\x07",  # ESC sequences; OSC 52 writes the clipboard
+    "cr": "real\rforged",
+    "del": "a\x7fb",
+    "nel": "one\u0085two",
+    "bidi": "\u202etxt.exe\u202c \u2066isolated\u2069 \u202a\u202b\u202d\u200e\u200f\u061c",
+    "separators": "one\u2028two\u2029three",
+    "\u202ekey": "a key too",
+}
+# Unicode's Bidi_Control property.
+BIDI_CONTROLS = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def unsafe_on_a_terminal(line: bytes) -> list[str]:
+    """The characters of ``line`` (its final newline aside) that a terminal acts on or that
+    reorder or break the line: every control character, the bidi controls, U+2028/U+2029."""
+    text = line.decode("utf-8").removesuffix("\n")
+    return [
+        f"U+{ord(char):04X}"
+        for char in text
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in BIDI_CONTROLS
+    ]
+
+
+@pytest.mark.parametrize("mode", ["text", "json"])
+def test_escapes_what_would_drive_or_spoof_a_terminal(listen, mode):
+    before = notify.publish("orders", "before")
+    # A name stored by code that bypassed notify.api: validation keeps these out of every
+    # name published through notify, so only such a row can carry one.
+    unchecked = Event.objects.create(channel="orders", event="x\x1b[2J\x7fy", data="\u202e")
+    listener = listen("orders", "--last-event-id", str(before.id), *(["--json"] * (mode == "json")))
+    replayed = [listener.raw_line() for _ in range(3)]
+    assert b"notify.catchup-end" in replayed[2]
+    live = [notify.publish("orders", HOSTILE), notify.publish("orders", "".join(HOSTILE.values()))]
+    written = replayed + [listener.raw_line() for _ in live]
+    assert listener.interrupt() == (0, "")
+
+    for line in written:
+        assert unsafe_on_a_terminal(line) == [], line
+    lines = [line.decode("utf-8").removesuffix("\n") for line in written]
+    if mode == "json":
+        # Each envelope as a stream sends it, still: ASCII JSON, escapes included.
+        assert lines[1] == data_line(unchecked)
+        assert lines[3:] == [data_line(event) for event in live]
+        return
+    # Readable and unambiguous: each escape is JSON's, so the data reads back as published.
+    assert lines[1] == f'#{unchecked.id} orders x\\u001b[2J\\u007fy "\\u202e"'
+    for line, event in zip(lines[3:], live, strict=True):
+        prefix = f"#{event.id} orders message "
+        assert line.startswith(prefix)
+        assert json.loads(line.removeprefix(prefix)) == Event.objects.get(pk=event.id).data
+    assert "\\u009b2J\\u009b31mred" in lines[4]
+    assert "\\u202etxt.exe\\u202c" in lines[4]
 
 
 def test_cursor_beyond_the_newest_id_is_reset(listen):

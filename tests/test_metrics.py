@@ -159,6 +159,17 @@ def test_other_methods_are_not_allowed():
     assert staff_client().post(reverse("notify:metrics")).status_code == 405
 
 
+@pytest.mark.parametrize("token", [True, 12345678])
+def test_a_metrics_token_that_is_not_a_string_is_no_token_though_no_check_ran(start_server, token):
+    # notify.E015 reports it, but daphne runs no system check: str() made "True" a token.
+    server = start_server(METRICS_TOKEN=token)
+    response = httpx.get(
+        f"{server.url}/notify/metrics/", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert response.status_code == 403
+    assert 'NOTIFY["METRICS_TOKEN"] must be None or a non-empty string' in server.output()
+
+
 # -- what a server counts --------------------------------------------------------------------
 
 

@@ -43,6 +43,7 @@ import notify
 from notify import shutdown, websocket
 from notify.conf import DEFAULTS
 from notify.sse import CATCHUP_END, OPEN
+from notify.views.publish import ENVELOPE_ALLOWANCE
 from tests.conftest import (
     ROOT,
     Server,
@@ -443,6 +444,12 @@ def test_the_websocket_location_sends_the_servers_headers_and_the_upgrade():
     }
 
 
+def test_the_publish_location_admits_the_largest_body_the_view_accepts_and_no_more():
+    limit = re.search(r"^        client_max_body_size (\d+)k;$", location("/notify/publish/"), re.M)
+    assert limit is not None, "location = /notify/publish/ should set client_max_body_size"
+    assert int(limit[1]) * 1024 == DEFAULTS["MAX_PAYLOAD_BYTES"] + ENVELOPE_ALLOWANCE
+
+
 # -- nginx alone ------------------------------------------------------------------------
 
 
@@ -515,6 +522,79 @@ def test_an_event_published_through_one_process_reaches_streams_on_every_process
     finally:
         for client in streams.values():
             client.close()
+
+
+def publish_head(length: int) -> bytes:
+    """The head of a publish request declaring a body of ``length`` bytes."""
+    return (
+        f"POST /notify/publish/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The head and the body of one HTTP/1.1 answer with a Content-Length."""
+    received = b""
+
+    def more() -> bytes:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise AssertionError(f"the connection closed after {received!r}")
+        return chunk
+
+    while b"\r\n\r\n" not in received:
+        received += more()
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = re.search(rb"^Content-Length: (\d+)\r$", head + b"\r", re.M | re.I)
+    assert length is not None, head
+    while len(body) < int(length[1]):
+        body += more()
+    return head, body
+
+
+def test_a_publish_body_over_the_limit_is_refused_by_nginx_before_it_is_sent(deploy: Deploy):
+    # daphne would take in the whole body, and Django read it all, before the view's 413.
+    deployment = deploy()
+    nginx = deployment.nginx
+    limit = DEFAULTS["MAX_PAYLOAD_BYTES"] + ENVELOPE_ALLOWANCE
+    # The largest body the view accepts passes nginx.
+    largest = json.dumps({"channel": "orders", "data": "x" * (DEFAULTS["MAX_PAYLOAD_BYTES"] - 2)})
+    largest += " " * (limit - len(largest))
+    response = httpx.post(
+        nginx.url("/notify/publish/"),
+        content=largest,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        verify=nginx.tls,
+    )
+    assert response.status_code == 201, response.text
+    # One byte more is refused on the head alone: not a byte of the body is sent.
+    for length in [limit + 1, 10**10]:
+        with (
+            socket.create_connection(("127.0.0.1", nginx.https_port), timeout=3) as raw,
+            nginx.tls.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(publish_head(length))
+            head, body = read_answer(tls)
+        assert head.startswith(b"HTTP/1.1 413 "), head
+        assert b"X-Upstream" not in head  # nginx's own answer: no process saw it
+        assert b"Content-Type: application/json" in head
+        error = json.loads(body)["error"]
+        assert error == "the body is over 69,632 bytes, the limit of nginx for the publish API"
+    # A chunked body, with no length to judge, is cut off at the limit.
+    chunks = (b" " * 16384 for _ in range(32))
+    response = httpx.post(
+        nginx.url("/notify/publish/"),
+        content=chunks,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        verify=nginx.tls,
+    )
+    assert response.status_code == 413
+    assert "X-Upstream" not in response.headers
+    assert response.json()["error"].startswith("the body is over 69,632 bytes")
+    # Only the first request reached a process.
+    posts = [server.output().count('"POST /notify/publish/"') for server in deployment.servers]
+    assert sum(posts) == 1
 
 
 def test_events_are_not_held_back(deploy: Deploy):

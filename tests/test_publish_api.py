@@ -4,6 +4,7 @@ event posted to a real server reaching an open stream."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from datetime import UTC
 from typing import Any
@@ -336,7 +337,9 @@ def test_a_body_over_the_limit_is_413(session_client, small_payloads):
     assert not Event.objects.exists()
 
 
-def test_the_declared_length_is_judged_before_the_body_is_read(session_client, small_payloads):
+def test_the_declared_length_is_judged_before_the_credentials_and_the_body(
+    session_client, small_payloads
+):
     response = post(session_client, CONTENT_LENGTH="5000000000")
     assert_error(response, 413, "the body is 5,000,000,000 bytes")
     # Before the credentials, too: nobody uploads a huge body only to be told to log in.
@@ -381,3 +384,51 @@ def test_a_chunked_body_over_the_limit_is_413_on_the_server(start_server: StartS
         assert "the body is more than 4,196 bytes" in response.json()["error"]
     assert Event.objects.count() == 1
     assert "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize(
+    ("tokens", "refused", "accepted"),
+    [
+        # A string iterated as a list: each of its characters was a token.
+        (TOKENS[0], ["f", TOKENS[0]], []),
+        # os.environ.get() of a variable that is not set: "Bearer None" published.
+        ([None, TOKENS[1]], ["None"], [TOKENS[1]]),
+    ],
+    ids=["a string", "None among them"],
+)
+def test_publish_tokens_of_the_wrong_type_are_refused_though_no_check_ran(
+    start_server: StartServer, tokens, refused, accepted
+):
+    # notify.E009 reports these, but daphne runs no system check.
+    server = start_server(PUBLISH_TOKENS=tokens)
+    for token in refused + accepted:
+        response = httpx.post(f"{server.url}{url()}", json=EVENT, headers=bearer(token), timeout=10)
+        assert response.status_code == (201 if token in accepted else 401), token
+    assert Event.objects.count() == len(accepted)
+    assert 'NOTIFY["PUBLISH_TOKENS"] must be a list of non-empty strings' in server.output()
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+def test_the_server_takes_in_the_whole_body_before_the_413(start_server: StartServer, kind):
+    """Why deploy/nginx.conf limits the body: the view judges the declared length first, but
+    only once the server has received the whole body (daphne before the application runs,
+    and Django's ASGI handler reads it all before the view under any server)."""
+    server = start_server(kind=kind, PUBLISH_TOKENS=TOKENS)
+    length = 10 * 2**20
+    head = (
+        f"POST {url()} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKENS[0]}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=1) as sock:
+        sock.sendall(head.encode() + b" " * (length - 1))
+        with pytest.raises(TimeoutError):
+            sock.recv(4096)  # no answer while one byte is missing
+        sock.settimeout(10)
+        sock.sendall(b" ")
+        answer = b""
+        while b"bytes;" not in answer:
+            chunk = sock.recv(4096)
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"the body is 10,485,760 bytes; the limit is 69,632" in answer

@@ -5,19 +5,30 @@ on Redis, logged in with real session cookies."""
 from __future__ import annotations
 
 import asyncio
+import json
+import random
+import threading
 import time
 
+import httpx
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group, User
-from django.test import Client, override_settings
+from django.db import transaction
+from django.test import Client
+from django.utils import timezone
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as connect_websocket
 
 import notify
+from notify import revocation
 from notify.broker.local import LocalBroker
 from notify.hub import Hub
+from notify.models import Event
 from tests.conftest import Server, SSEClient, StartServer
 from tests.test_asgi import stream_url
 from tests.test_stream_authorization import assert_refused, session_cookie
+from tests.ws_client import ws_url
 
 DEFAULT = "notify.authorization.default_policy"
 APPS = {
@@ -124,7 +135,7 @@ def test_revoke_ends_the_users_streams_on_every_server(servers: list[Server]):
         assert "Traceback" not in server.output()
 
 
-def test_a_reconnect_after_revoke_is_authorized_again(servers: list[Server]):
+def test_leaving_a_group_ends_the_stream_and_its_reconnect_is_refused(servers: list[Server]):
     editors = Group.objects.create(name="editors")
     alice = User.objects.create_user("alice")
     alice.groups.add(editors)
@@ -132,14 +143,27 @@ def test_a_reconnect_after_revoke_is_authorized_again(servers: list[Server]):
     url = stream_url(servers[0], "group:editors")
     with SSEClient(url, headers=cookie) as stream:
         assert stream.next().event == "notify.open"
+        subscribed([stream], "group:editors")
         alice.groups.remove(editors)
-        # Leaving the group alone does not reach a stream that is open already ...
-        event = notify.publish("group:editors", "still delivered")
-        assert stream.next().id == str(event.id)
-        notify.revoke(alice)
+        # Removal revokes by itself: the next event of the group never reaches the stream.
+        notify.publish("group:editors", "for members only")
         ended_within(stream, 1.0)
-    # ... its reconnect is refused.
     assert_refused(url, 'not allowed to read channel "group:editors"', cookie["Cookie"])
+
+
+def test_a_reconnect_after_revoke_is_authorized_again(servers: list[Server]):
+    alice = User.objects.create_user("alice")
+    cookie = {"Cookie": session_cookie(alice)}
+    url = stream_url(servers[0], f"user:{alice.pk}")
+    with SSEClient(url, headers=cookie) as stream:
+        assert stream.next().event == "notify.open"
+        revocation = notify.revoke(alice)
+        ended_within(stream, 1.0)
+    # Nothing about her changed: she reads her channel again, from her cursor.
+    event = notify.publish(f"user:{alice.pk}", "after")
+    with SSEClient(url, headers=cookie, last_event_id=str(revocation.id - 1)) as again:
+        assert again.next().event == "notify.catchup-start"
+        assert again.next().id == str(event.id)
 
 
 def test_logging_out_ends_the_users_streams(servers: list[Server]):
@@ -187,9 +211,247 @@ def test_allow_all_streams_have_no_user_to_revoke(start_server: StartServer):
         assert stream.next().id == str(event.id)
 
 
+def test_a_revocation_reaches_a_server_on_the_embedded_broker(start_server: StartServer):
+    """The revocation is stored with the events, so a process that polls the database (the
+    embedded broker, or Redis down) meets it as it meets events."""
+    server = start_server(redis=None, AUTHORIZE=DEFAULT)
+    alice = User.objects.create_user("alice")
+    with SSEClient(
+        stream_url(server, f"user:{alice.pk}"), headers={"Cookie": session_cookie(alice)}
+    ) as stream:
+        assert stream.next().event == "notify.open"
+        notify.revoke(alice)
+        ended_within(stream, 3.0)
+
+
+def test_a_revocation_rolled_back_revokes_nothing(servers: list[Server]):
+    alice = User.objects.create_user("alice")
+    url = stream_url(servers[0], f"user:{alice.pk}")
+    with SSEClient(url, headers={"Cookie": session_cookie(alice)}) as stream:
+        assert stream.next().event == "notify.open"
+        with pytest.raises(RuntimeError), transaction.atomic():
+            notify.revoke(alice)
+            raise RuntimeError("rolled back")
+        event = notify.publish(f"user:{alice.pk}", "still hers")
+        assert stream.next().id == str(event.id)
+
+
 @pytest.mark.django_db
-def test_revoke_with_the_embedded_broker_in_another_process_reaches_nothing(settings):
-    """Without Redis a revocation reaches the hubs of the calling process only; here there
-    are none, and it must not fail."""
-    with override_settings(NOTIFY={**settings.NOTIFY, "REDIS_URL": None}):
-        notify.revoke(User.objects.create_user("alice"))
+def test_revoke_stores_the_revocation_in_the_callers_transaction():
+    alice = User.objects.create_user("alice")
+    with transaction.atomic():
+        revocation = notify.revoke(alice)
+        assert Event.objects.filter(pk=revocation.pk).exists()
+    assert (revocation.channel, revocation.event) == ("notify.revoke", "notify.revoke")
+    assert revocation.data == {"users": [str(alice.pk)]}
+    with pytest.raises(ValueError, match="unsaved"):
+        notify.revoke(User(username="ghost"))
+
+
+@pytest.mark.django_db
+def test_a_big_group_is_revoked_in_rows_of_a_bounded_size():
+    users = User.objects.bulk_create([User(username=f"u{n}") for n in range(2500)])
+    rows = revocation.revoke_users([user.pk for user in users])
+    assert [len(row.data["users"]) for row in rows] == [1000, 1000, 500]
+    assert len(Event.objects.filter(channel="notify.revoke")) == 3
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("change", "revokes"),
+    [
+        ("password", True),
+        ("inactive", True),
+        ("not staff", True),
+        ("made staff", False),
+        ("last login", False),
+        ("deferred password set", True),
+        ("renamed group", True),
+        ("group deleted", True),
+        ("group cleared", True),
+        ("user's groups cleared", True),
+        ("added to a group", False),
+        ("user deleted", True),
+    ],
+)
+def test_what_notify_revokes_by_itself(change: str, revokes: bool):
+    """Every change that may narrow what the default policy lets a user read, or that ends
+    their sessions, stores a revocation of that user; nothing else does."""
+    editors = Group.objects.create(name="editors")
+    alice = User.objects.create_user("alice", password="old password", is_staff=True)
+    alice.groups.add(editors)
+    pk = str(alice.pk)
+    alice = User.objects.get(pk=alice.pk)
+    editors = Group.objects.get(pk=editors.pk)
+    before = Event.objects.count()
+    if change == "password":
+        alice.set_password("new password")
+        alice.save()
+    elif change == "inactive":
+        alice.is_active = False
+        alice.save()
+    elif change == "not staff":
+        alice.is_staff = False
+        alice.save(update_fields=["is_staff"])
+    elif change == "made staff":
+        alice.is_superuser = True
+        alice.save()
+    elif change == "last login":
+        alice.last_login = timezone.now()
+        alice.save(update_fields=["last_login"])
+    elif change == "deferred password set":
+        deferred = User.objects.only("username").get(pk=alice.pk)
+        deferred.set_password("another")
+        deferred.save()
+    elif change == "renamed group":
+        editors.name = "writers"
+        editors.save()
+    elif change == "group deleted":
+        editors.delete()
+    elif change == "group cleared":
+        editors.user_set.clear()
+    elif change == "user's groups cleared":
+        alice.groups.clear()
+    elif change == "added to a group":
+        alice.groups.add(Group.objects.create(name="readers"))
+    elif change == "user deleted":
+        alice.delete()
+    revocations = list(Event.objects.filter(pk__gt=before, channel="notify.revoke"))
+    if revokes:
+        assert [row.data for row in revocations] == [{"users": [pk]}]
+    else:
+        assert revocations == []
+
+
+def test_a_new_password_ends_the_other_sessions_streams(servers: list[Server]):
+    # Staff, for the admin's password change view.
+    alice = User.objects.create_user("alice", password="old password", is_staff=True)
+    here, here_cookie = logged_in(alice)
+    _, elsewhere_cookie = logged_in(alice)
+    here_url = stream_url(servers[0], f"user:{alice.pk}")
+    elsewhere_url = stream_url(servers[1], f"user:{alice.pk}")
+    with SSEClient(elsewhere_url, headers=elsewhere_cookie) as stream:
+        assert stream.next().event == "notify.open"
+        # Django's own view: saves the password, then keeps this session logged in
+        # (update_session_auth_hash).
+        form = {"old_password": "old password"}
+        form |= {"new_password1": "n3w pa55word", "new_password2": "n3w pa55word"}
+        response = here.post("/admin/password_change/", form)
+        assert response.status_code == 302, response.content
+        # A new session key, as at every login: the browser has the new cookie.
+        here_cookie = {
+            "Cookie": f"{settings.SESSION_COOKIE_NAME}="
+            f"{here.cookies[settings.SESSION_COOKIE_NAME].value}"
+        }
+        event = notify.publish(f"user:{alice.pk}", "after the change")
+        ended_within(stream, 1.0)
+    # The other session is over; the one that changed the password goes on.
+    assert_refused(
+        elsewhere_url, f'not allowed to read channel "user:{alice.pk}"', elsewhere_cookie["Cookie"]
+    )
+    with SSEClient(here_url, headers=here_cookie, last_event_id=str(event.id - 1)) as again:
+        assert again.next().event == "notify.catchup-start"
+        assert again.next().id == str(event.id)
+
+
+# -- the race of a revocation with streams being let in ------------------------------------
+
+
+class Churn(threading.Thread):
+    """A client that keeps reopening a stream with one session cookie, each stream kept a
+    few milliseconds, so that at any moment some of its streams are being let in: the
+    ids of every event it was sent are in ``received``."""
+
+    def __init__(self, url: str, cookie: str, websocket: bool) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.cookie = cookie
+        self.websocket = websocket
+        self.received: list[int] = []
+        self.opened = 0
+        self.stop = threading.Event()
+        self.rng = random.Random()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                if self.websocket:
+                    self._websocket()
+                else:
+                    self._sse()
+            except (OSError, httpx.HTTPError, ConnectionClosed, TimeoutError):
+                pass
+
+    def _sse(self) -> None:
+        timeout = httpx.Timeout(5.0, read=self.rng.uniform(0.0, 0.04) or 0.001)
+        headers = {"Cookie": self.cookie}
+        with httpx.Client(timeout=timeout) as client:
+            with client.stream("GET", self.url, headers=headers) as response:
+                if response.status_code != 200:
+                    time.sleep(0.01)
+                    return
+                self.opened += 1
+                try:
+                    for line in response.iter_lines():
+                        if line.startswith("data: {") and '"channel"' in line:
+                            self.received.append(json.loads(line[6:])["id"])
+                except httpx.ReadTimeout:
+                    pass
+
+    def _websocket(self) -> None:
+        with connect_websocket(
+            self.url, additional_headers={"Cookie": self.cookie}, open_timeout=5
+        ) as connection:
+            deadline = time.monotonic() + self.rng.uniform(0.0, 0.04)
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    message = json.loads(connection.recv(timeout=left))
+                except TimeoutError:
+                    break
+                if message.get("type") == "notify.open":
+                    self.opened += 1
+                elif "type" not in message:
+                    self.received.append(message["id"])
+
+
+@pytest.mark.parametrize("app", ["handler", "view"])
+def test_a_logout_ends_the_streams_being_let_in_too(start_server: StartServer, app: str):
+    """The review's reproduction: clients holding a user's session cookie keep reopening
+    their user channel, the user logs out, then events are published on that channel, at
+    once and 1.5 s later. No stream of that session may get any of them, in any round."""
+    servers = [start_server(app=APPS[app], AUTHORIZE=DEFAULT) for _ in range(2)]
+    for round in range(3):
+        user = User.objects.create_user(f"alice{round}")
+        client, cookie = logged_in(user)
+        channel = f"user:{user.pk}"
+        churn = [
+            Churn(stream_url(server, channel), cookie["Cookie"], websocket=False)
+            for server in servers
+            for _ in range(2)
+        ]
+        if app == "handler":  # the WebSocket stream needs the wrapped application
+            churn += [
+                Churn(ws_url(server, channel), cookie["Cookie"], websocket=True)
+                for server in servers
+            ]
+        for client_thread in churn:
+            client_thread.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not all(thread.opened >= 3 for thread in churn):
+                assert time.monotonic() < deadline, "the churning clients could not open"
+                time.sleep(0.05)
+            client.logout()
+            after = [notify.publish(channel, "after the logout").id]
+            time.sleep(1.5)
+            after.append(notify.publish(channel, "1.5 s after the logout").id)
+            time.sleep(1.0)
+        finally:
+            for thread in churn:
+                thread.stop.set()
+            for thread in churn:
+                thread.join(10)
+        leaked = {n: sorted(set(t.received) & set(after)) for n, t in enumerate(churn)}
+        assert not any(leaked.values()), f"round {round}: events after the logout: {leaked}"
+    for server in servers:
+        assert "Traceback" not in server.output()

@@ -37,6 +37,7 @@ from tests.test_asgi import (
     thread_count,
     wait_until,
 )
+from tests.test_cors import WILDCARD_REFUSED
 from tests.test_stream_authorization import session_cookie
 from tests.ws_client import WSClient, event_ids, ws_url
 
@@ -269,6 +270,55 @@ def test_a_foreign_origin_is_refused_at_the_handshake(start_server):
     for origin in [f"http://127.0.0.1:{server.port}", "https://app.example.com", None]:
         with WSClient(url, origin=origin) as ws:
             opened(ws)
+
+
+def test_a_wildcard_cors_origin_with_credentials_lets_no_foreign_origin_in(start_server):
+    # notify.E011 refuses this, but daphne runs no system check; and a handshake always
+    # carries the browser's cookies.
+    server = start_server(
+        env={"NOTIFY_TEST_ALLOWED_HOSTS": '["127.0.0.1"]'},
+        CORS_ALLOWED_ORIGINS=["*", "https://app.example.com"],
+    )
+    url = ws_url(server, "a")
+    for origin in ["https://evil.example.com", "null"]:
+        with pytest.raises(InvalidStatus) as refused:
+            WSClient(url, origin=origin)
+        assert refused.value.response.status_code == 403, origin
+    # An error naming the settings, once: later handshakes add nothing.
+    logged = server.output().count(WILDCARD_REFUSED)
+    assert logged > 0
+    for origin in [f"http://127.0.0.1:{server.port}", "https://app.example.com", None]:
+        with WSClient(url, origin=origin) as ws:
+            opened(ws)
+    assert server.output().count(WILDCARD_REFUSED) == logged
+
+
+@pytest.mark.parametrize(
+    "app", ["tests.asgi:application", "tests.asgi:application_without_auth_middleware"]
+)
+def test_a_cross_origin_handshake_without_cors_credentials_is_a_visitor(start_server, app):
+    # What the SSE stream gives such a page: an EventSource without credentials sends no
+    # cookie. A browser sends them with every handshake, so the check takes them off.
+    server = start_server(
+        app=app,
+        env={"NOTIFY_TEST_ALLOWED_HOSTS": '["127.0.0.1"]'},
+        AUTHORIZE=POLICY,
+        CORS_ALLOWED_ORIGINS=["*", "https://app.example.com"],
+        CORS_ALLOW_CREDENTIALS=False,
+    )
+    alice = User.objects.create_user("alice")
+    cookie = {"Cookie": session_cookie(alice)}
+    private = ws_url(server, f"user:{alice.pk}")
+    reason = f'not allowed to read channel "user:{alice.pk}"'
+    for origin in ["https://app.example.com", "https://evil.example.com", "null"]:
+        assert_refused(private, 4403, reason, headers=cookie, origin=origin)
+        with WSClient(ws_url(server, "news"), headers=cookie, origin=origin) as ws:
+            opened(ws)
+    # The site's own pages, and clients that are not browsers, keep their cookies.
+    for own in [f"http://127.0.0.1:{server.port}", None]:
+        with WSClient(private, headers=cookie, origin=own) as ws:
+            opened(ws)
+    assert "Traceback" not in server.output()
 
 
 # -- one hub for both transports ----------------------------------------------------------------

@@ -7,9 +7,14 @@ CSRF token. A request that presents a bearer token is judged by the token alone,
 cookies: a program that means to use a token learns that it is wrong instead of publishing as
 whoever's session it happens to carry.
 
-The request is checked in this order, each step answering before anything later is read: the
+The request is checked in this order, each step answering before the later ones run: the
 method (405), the media type (415), the declared body size (413), the credentials (401, 403),
 then the body (400, 413). Nothing is stored unless the answer is 201.
+
+The view runs only once the whole body is in: daphne takes it in before the application runs,
+and Django's ASGI handler reads all of it before any view, under every server. A 413 here
+spares the parsing, not the upload; the limit that keeps a large body out is the proxy's
+(``client_max_body_size`` in deploy/nginx.conf).
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ def publish(request: HttpRequest) -> HttpResponse:
     if refusal is not None:
         return refusal
     # Read at most one byte past the limit: enough to tell that a body without a
-    # Content-Length is too large, without reading all of it.
+    # Content-Length is too large, without a copy of all of it in memory (Django's handler
+    # has spooled it, to a file past FILE_UPLOAD_MAX_MEMORY_SIZE).
     body = request.read(body_limit + 1)
     if len(body) > body_limit:
         return _body_too_large(f"more than {body_limit:,} bytes", body_limit)

@@ -4,8 +4,12 @@ is not wrapped (it works, but Django's handler then keeps a thread per open stre
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 from django.core.exceptions import ValidationError
@@ -13,11 +17,10 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from notify import authorization, cors, limits, metrics, shutdown
+from notify import cors, limits, metrics, shutdown
+from notify.admission import Admission, Refused, admit
 from notify.conf import notify_settings
-from notify.db import db_call
-from notify.hub import Hub, HubUnavailable, Subscriber, get_hub
-from notify.stream import HEADERS, EventStream, first_frame, parse_stream_request
+from notify.stream import HEADERS, EventStream, StreamRequest, first_frame, parse_stream_request
 
 logger = logging.getLogger("notify.views")
 _warned = False
@@ -52,26 +55,25 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
         # good; this makes it reconnect, to another process.
         body = first_frame(shutdown.reconnect_delay(), stream_request.cursor)
         return _stream_headers(HttpResponse(body), origin)
-    access = await _check_access(request, stream_request.channels)
-    if access.refused:
-        reason = authorization.describe_refusal(access.refused)
-        return HttpResponse(reason + "\n", status=403, content_type="text/plain")
-    hub = get_hub()
     try:
-        subscriber = await hub.subscribe(stream_request.channels, access.user_id)
-    except HubUnavailable as exc:
+        admission = await admit(_scope(request), stream_request.channels)
+    except Refused as refusal:
         response = HttpResponse(
-            f"Streams are unavailable: {exc}.\n", status=503, content_type="text/plain"
+            refusal.reason + "\n", status=refusal.status, content_type="text/plain"
         )
-        response["Retry-After"] = "5"
+        if refusal.retry_after is not None:
+            response["Retry-After"] = str(refusal.retry_after)
         return response
-    metrics.STREAMS_OPENED.labels(transport="sse").inc()
-    # GZipMiddleware would buffer and compress the stream: it only compresses for clients
-    # that accept gzip, so make this request not accept it.
-    request.META["HTTP_ACCEPT_ENCODING"] = ""
-    return _stream_headers(
-        StreamingHttpResponse(_body(hub, subscriber, stream_request.cursor)), origin
-    )
+    try:
+        metrics.STREAMS_OPENED.labels(transport="sse").inc()
+        # GZipMiddleware would buffer and compress the stream: it only compresses for
+        # clients that accept gzip, so make this request not accept it.
+        request.META["HTTP_ACCEPT_ENCODING"] = ""
+        response = StreamResponse(admission, _body(admission, stream_request))
+        return _stream_headers(response, origin)
+    except BaseException:
+        admission.close()
+        raise
 
 
 # Marks the view for notify.asgi.is_stream_path, which serves its URL before Django.
@@ -84,25 +86,63 @@ def _stream_headers(response: HttpResponseBase, origin: str | None) -> HttpRespo
     return response
 
 
-async def _check_access(request: HttpRequest, channels: Sequence[str]) -> authorization.Access:
-    if authorization.is_open():
-        return authorization.Access([], None)
-    # request.user is lazy: its session and user are read in this thread-pool call, with the
-    # policy's own queries, and the connection is closed before streaming starts.
-    return await db_call(lambda: authorization.check(authorization.request_user(request), channels))
+def _scope(request: HttpRequest) -> Mapping[str, Any]:
+    """The ASGI scope of ``request``, which admission reads (the session cookie, the
+    client's address) as the ASGI handler does; a scope of those two under WSGI."""
+    scope = getattr(request, "scope", None)
+    if scope is not None:
+        return cast(Mapping[str, Any], scope)
+    cookie = request.META.get("HTTP_COOKIE", "")
+    return {
+        "headers": [(b"cookie", cookie.encode("latin-1"))] if cookie else [],
+        "client": (request.META.get("REMOTE_ADDR", "unknown"), 0),
+    }
 
 
-async def _body(hub: Hub, subscriber: Subscriber, cursor: str | None) -> AsyncIterator[bytes]:
+class StreamResponse(StreamingHttpResponse):
+    """A stream's response, which closes the stream's admission whichever comes first:
+    the body's end, the server closing the response, or the response being dropped unread.
+
+    The body joins the hub only when the server first reads it, from the task that streams
+    (which need not be the view's: a sync middleware runs the view in another task). A
+    client that leaves before that never starts the body, whose clean-up then never runs:
+    its count and ticket are given back here instead."""
+
+    def __init__(self, admission: Admission, streaming_content: AsyncIterator[bytes]) -> None:
+        super().__init__(streaming_content)
+        self.admission = admission
+        loop = asyncio.get_running_loop()
+        weakref.finalize(self, _close_in_loop, loop, admission)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            # Django calls close() from a thread of its own (sync_to_async).
+            _close_in_loop(self.admission.hub.loop, self.admission)
+
+
+def _close_in_loop(loop: asyncio.AbstractEventLoop, admission: Admission) -> None:
+    # Admission.close() gives back a count through the loop's tasks: it runs there.
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nothing is left to free
+        loop.call_soon_threadsafe(admission.close)
+
+
+async def _body(admission: Admission, request: StreamRequest) -> AsyncIterator[bytes]:
     # No notify.backpressure here: Django's handler does not expose the server's ``send``.
     # Under daphne a client that stops reading is then never paused nor closed as too slow,
     # and daphne buffers what it is sent without limit: another reason to wrap the ASGI
     # application with NotifyASGIHandler.
+    if admission.closed:
+        return
     try:
-        yield first_frame(notify_settings.RETRY_MS, cursor)
-        async for chunk in EventStream(subscriber, cursor, limits.stream_lifetime()).body():
+        subscriber = admission.attach(request.channels)
+        yield first_frame(notify_settings.RETRY_MS, request.cursor)
+        stream = EventStream(subscriber, request.cursor, limits.stream_lifetime())
+        async for chunk in stream.body():
             yield chunk
     finally:
-        hub.unsubscribe(subscriber)
+        admission.close()
 
 
 def _warn_unwrapped() -> None:

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,36 @@ def cursor(raw: str) -> str:
             "(0 replays every event kept)"
         )
     return raw
+
+
+# What listen never writes as is, because a terminal would act on it instead of showing it,
+# or show the line as something else than it is:
+# - C0 controls (U+0000-U+001F), DEL and the C1 controls (U+0080-U+009F): ESC and CSI
+#   (U+009B) start sequences that move the cursor, clear the screen, set the window title or
+#   write to the clipboard (OSC 52). A line needs none of them: its "\n" is written after
+#   this escaping, and a payload's own line breaks and tabs are JSON escapes already.
+# - Unicode's bidi controls (the Bidi_Control property: ALM, LRM, RLM, the embeddings and
+#   overrides U+202A-U+202E, the isolates U+2066-U+2069): they reorder what follows them
+#   on screen, so that "#7 orders" could read as another channel or id (Trojan Source).
+# - The line and paragraph separators U+2028 and U+2029, which editors, JavaScript and some
+#   log viewers take for line breaks: one event would show as two lines, the second forged.
+# Other invisible characters (zero-width space and joiner, the BOM) stay: they move nothing
+# and the joiners are part of emoji. An escape is written as JSON writes one, "\u202e":
+# the data of an event (and all of a --json line) is JSON, where a backslash of the payload
+# is written "\\", so the escape reads back as the character it stands for; and a name
+# that passed validation holds no backslash.
+_UNSAFE_ON_A_TERMINAL = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]"
+)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def terminal_safe(line: str) -> str:
+    """``line`` with every character of ``_UNSAFE_ON_A_TERMINAL`` written ``\\uXXXX``."""
+    return _UNSAFE_ON_A_TERMINAL.sub(_escape, line)
 
 
 def as_json(frame: sse.Frame) -> str:
@@ -102,7 +133,9 @@ class Command(BaseCommand):
         render = as_json if options["json"] else as_text
 
         def show(frame: sse.Frame) -> None:
-            self.stdout.write(render(frame))
+            # Whatever the mode: a payload is anyone's text, and so is a name stored by code
+            # that did not validate it.
+            self.stdout.write(terminal_safe(render(frame)))
             # Whoever reads a pipe should see each event when it arrives.
             self.stdout.flush()
 
