@@ -213,6 +213,8 @@ class Revoker:
                 self.failures.append(f"a {kind} of user {account.pk} failed: {exc!r}")
 
     async def revoke(self, kind: str, account: Account, browser: Browser) -> None:
+        """One revocation of ``kind`` (a logout logs ``browser`` out), recorded with the id
+        of the revocation event it stored."""
         loop = asyncio.get_running_loop()
         async with account.lock:
             if account.opening:

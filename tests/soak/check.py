@@ -109,9 +109,9 @@ def cutoff(connection: Connection, revocations: Sequence[Revocation]) -> Revocat
 
     - one that began after the stream was streaming: its authorization began before the
       revocation was stored, and a hub acts on revocations in id order;
-    - one that ended the session the connection carried: a logout deletes the session
-      before it stores the revocation, so the stream was either authorized before the
-      revocation (as above), or refused."""
+    - one that ended the session the connection carried (a logout, a password change): the
+      session stops authenticating before the revocation is stored, so the stream was
+      either authorized before the revocation (as above), or refused."""
     applies = [
         revocation
         for revocation in revocations
