@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -17,13 +18,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.processes import RedisServer
-from tests.soak.check import judge
+from tests.soak.accounts import KINDS, LOGOUT_PATH, Account, Revoker, make_accounts
+from tests.soak.check import Revocation, judge
 from tests.soak.client import Client, Stats
 from tests.soak.cluster import Cluster, Database
 from tests.soak.sse_client import SSEClient
 from tests.soak.websocket_client import WebSocketClient
 
-CHANNELS = [f"soak-{n}" for n in range(8)]
+# Readable by everyone under the default policy, which the servers run.
+CHANNELS = [f"public:soak-{n}" for n in range(8)]
+# As in issue 16's reproduction: six clients hold a user's session cookies and keep
+# reopening the user's channel; here in two browsers (two sessions) of three clients.
+CLIENTS_PER_USER = 6
+BROWSERS_PER_USER = 2
+# Where notify.revoke stores revocations: reserved, no client streams it.
+REVOCATION_CHANNEL = "notify.revoke"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,6 +54,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-down", type=float, default=5.0, help="seconds Redis is killed")
     parser.add_argument(
         "--mean-lifetime", type=float, default=5.0, help="mean seconds before a client drops"
+    )
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=8,
+        help=f"logged-in users, with {CLIENTS_PER_USER} clients each on their channel "
+        "user:<pk> (among --clients), whose streams are revoked during the run",
+    )
+    parser.add_argument(
+        "--user-mean-lifetime",
+        type=float,
+        default=1.0,
+        help="mean seconds before a logged-in client drops: they keep reopening",
+    )
+    parser.add_argument(
+        "--revocation-interval",
+        type=float,
+        default=1.0,
+        help="mean seconds between two revocations (logouts, notify.revoke, password changes)",
     )
     parser.add_argument(
         "--settle", type=float, default=90.0, help="seconds allowed to catch up at the end"
@@ -77,13 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     database = Database(args.database_url)
     redis = RedisServer()
-    # Short reconnection times and heartbeats, so that a short run sees many of both.
-    cluster = Cluster(database, redis, {"RETRY_MS": 1000, "HEARTBEAT_SECONDS": 5})
+    # Short reconnection times and heartbeats, so that a short run sees many of both. The
+    # default policy (the test settings open every channel): it reads the session of every
+    # logged-in client's stream, which a revocation must then end or refuse.
+    notify = {
+        "RETRY_MS": 1000,
+        "HEARTBEAT_SECONDS": 5,
+        "AUTHORIZE": "notify.authorization.default_policy",
+    }
+    cluster = Cluster(database, redis, notify)
     websockets = round(args.clients * args.websocket_share)
     print(
         f"soak: seed {seed}, {args.duration:g} s, {args.clients} clients "
-        f"({args.clients - websockets} SSE, {websockets} WebSocket), database "
-        f"{'PostgreSQL' if database.url else 'SQLite'}",
+        f"({args.clients - websockets} SSE, {websockets} WebSocket; {args.users} logged-in "
+        f"users), database {'PostgreSQL' if database.url else 'SQLite'}",
         flush=True,
     )
     try:
@@ -105,26 +140,41 @@ def make_clients(
     args: argparse.Namespace,
     servers: list[tuple[str, int]],
     stats: dict[str, Stats],
+    accounts: list[Account],
     rng: random.Random,
 ) -> list[Client]:
     """The SSE clients, then the WebSocket ones. The last of each transport stops reading
-    for a while; it listens to every channel, so that its buffers fill fastest."""
+    for a while; it listens to every public channel, so that its buffers fill fastest.
+    ``CLIENTS_PER_USER`` clients per account, chosen at random among the others (so on both
+    transports), are logged in: they listen to the user's channel and up to two public
+    ones, and keep reopening (``--user-mean-lifetime``)."""
     websockets = round(args.clients * args.websocket_share)
     kinds: list[type[Client]] = [SSEClient] * (args.clients - websockets)
     kinds += [WebSocketClient] * websockets
+    stalls = [n + 1 == len(kinds) or kinds[n + 1] is not kind for n, kind in enumerate(kinds)]
+    per_browser = CLIENTS_PER_USER // BROWSERS_PER_USER
+    seats = [b for account in accounts for b in account.browsers for _ in range(per_browser)]
+    others = [number for number in range(len(kinds)) if not stalls[number]]
+    browsers = dict(zip(rng.sample(others, min(len(seats), len(others))), seats, strict=False))
     clients = []
     for number, kind in enumerate(kinds):
-        stalls = number + 1 == len(kinds) or kinds[number + 1] is not kind
-        channels = CHANNELS if stalls else rng.sample(CHANNELS, rng.randint(1, 3))
+        browser = browsers.get(number)
+        if stalls[number]:
+            channels = CHANNELS
+        elif browser is not None:
+            channels = [browser.account.channel, *rng.sample(CHANNELS, rng.randint(0, 2))]
+        else:
+            channels = rng.sample(CHANNELS, rng.randint(1, 3))
         client = kind(
             number,
             servers,
             channels,
             random.Random(rng.random()),
             stats[kind.transport],
-            args.mean_lifetime,
+            args.mean_lifetime if browser is None else args.user_mean_lifetime,
+            browser,
         )
-        client.stalls = stalls
+        client.stalls = stalls[number]
         clients.append(client)
     return clients
 
@@ -133,7 +183,8 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
     loop = asyncio.get_running_loop()
     stats = {SSEClient.transport: Stats(), WebSocketClient.transport: Stats()}
     servers = [("127.0.0.1", server.port) for server in cluster.servers]
-    clients = make_clients(args, servers, stats, rng)
+    accounts = await make_accounts(args.users, BROWSERS_PER_USER)
+    clients = make_clients(args, servers, stats, accounts, rng)
     stallers = [client for client in clients if client.stalls]
     tasks = [loop.create_task(client.run()) for client in clients]
     deadline = time.monotonic() + 30
@@ -147,18 +198,28 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
     started = loop.time()
     for staller in stallers:
         staller.stall = (started + 0.1 * duration, min(args.stall, 0.6 * duration))
+    channels = CHANNELS + [account.channel for account in accounts]
     publishers = [
         cluster.start_publisher(
-            seed, args.rate, duration, [duration * (0.2 + 0.3 * seed)], args.burst_size, CHANNELS
+            seed, args.rate, duration, [duration * (0.2 + 0.3 * seed)], args.burst_size, channels
         )
         for seed in range(3)
     ]
     faults = Faults()
     fault_task = loop.create_task(run_faults(args, cluster, faults, started))
-    progress = loop.create_task(report_progress(stats, faults, started))
+    revoker = Revoker(
+        accounts,
+        [port for _, port in servers],
+        random.Random(rng.random()),
+        args.revocation_interval,
+    )
+    revoking = loop.create_task(revoker.run(started + duration)) if accounts else None
+    progress = loop.create_task(report_progress(stats, faults, revoker, started))
 
     outputs = await asyncio.gather(*(asyncio.to_thread(p.communicate) for p in publishers))
     await fault_task
+    if revoking is not None:
+        await revoking
     failed = [seed for seed, p in enumerate(publishers) if p.returncode != 0]
     if failed:
         print(f"soak: publishers {failed} failed: see their logs", flush=True)
@@ -183,19 +244,23 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
 
-    verdict = judge((client.received for client in clients), stored)
+    revocations = revoker.revocations
+    verdict = judge((client.received for client in clients), stored, revocations)
     elapsed = loop.time() - started
     committed = sum(p["committed"] for p in published)
     rolled_back = sum(p["rolled_back"] for p in published)
+    revocation_events = sum(1 for channel in stored.values() if channel == REVOCATION_CHANNEL)
     print(
         f"soak: {elapsed:.1f} s; {len(stored)} events stored ({committed} committed by the "
-        f"publishers, {rolled_back} rolled back)",
+        f"publishers, {rolled_back} rolled back; {revocation_events} revocations)",
         flush=True,
     )
+    if accounts:
+        report_revocations(revoker, len(accounts))
     for transport, transport_stats in stats.items():
         group = [client for client in clients if client.transport == transport]
         if group:
-            report_transport(transport, group, transport_stats, stored)
+            report_transport(transport, group, transport_stats, stored, revocations)
     print(f"soak: faults: {'; '.join(faults.done)}", flush=True)
     for staller in stallers:
         print(
@@ -205,7 +270,12 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
         )
         for line in staller.trace:
             print(f"soak:   {line}", flush=True)
-    problems = list(faults.errors)
+    problems = list(faults.errors) + revoker.failures
+    if revoker.unstored:
+        problems.append(
+            f"{len(revoker.unstored)} of {len(revocations)} revocations stored no revocation "
+            f"event: {'; '.join(revoker.unstored[:3])}"
+        )
     if behind:
         problems.append(f"{len(behind)} clients had not caught up after {args.settle:g} s")
         for client in behind[:5]:
@@ -230,6 +300,20 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
         problems.append(f"publishers {failed} failed")
     if tracebacks := cluster.tracebacks():
         problems.append(f"tracebacks in server logs: {tracebacks}")
+    if verdict.leaks:
+        events = sum(leak.events for leak in verdict.leaks.values())
+        print(
+            f"soak: foreign after a revocation: {events} events after {len(verdict.leaks)} "
+            "revocations, on connections they ended:",
+            flush=True,
+        )
+        for revocation, leak in sorted(verdict.leaks.items(), key=lambda item: item[0].started):
+            print(
+                f"soak:   {describe_revocation(revocation)}: {leak.events} events "
+                f"({leak.private} of user {revocation.user}'s channel) on "
+                f"{leak.connections} connection{'' if leak.connections == 1 else 's'}",
+                flush=True,
+            )
     for kind, examples in verdict.examples.items():
         print(f"soak: {kind}: {'; '.join(examples)}", flush=True)
     if not verdict.clean:
@@ -238,18 +322,65 @@ async def soak(args: argparse.Namespace, cluster: Cluster, rng: random.Random) -
         print(f"soak: client {number}'s last connections:", flush=True)
         for line in clients[number].trace:
             print(f"soak:   {line}", flush=True)
+        if (user := clients[number].received.user) is not None:
+            print(f"soak: user {user}'s revocations:", flush=True)
+            for revocation in revocations:
+                if revocation.user == user:
+                    print(f"soak:   {describe_revocation(revocation)}", flush=True)
     for problem in problems:
         print(f"soak: problem: {problem}", flush=True)
     print(verdict.line(), flush=True)
     return 0 if verdict.clean and not problems else 1
 
 
+def report_revocations(revoker: Revoker, users: int) -> None:
+    revocations = revoker.revocations
+    kinds = {kind: sum(1 for r in revocations if r.kind == kind) for kind in KINDS}
+    print(
+        f"soak: revocations of {users} users: {kinds['logout']} logouts (POST {LOGOUT_PATH} "
+        f"on the servers), {kinds['revoke']} notify.revoke, {kinds['password change']} "
+        f"password changes; {revoker.during_opening} of {len(revocations)} began while a "
+        f"stream of their user was opening; {len(revocations) - len(revoker.unstored)} "
+        "stored a revocation event",
+        flush=True,
+    )
+    if revocations:
+        took = sorted(r.finished - r.started for r in revocations)
+        print(
+            f"soak: revocations took {1000 * statistics.median(took):.0f} ms (median), "
+            f"{took[-1]:.2f} s at most",
+            flush=True,
+        )
+
+
+def describe_revocation(revocation: Revocation) -> str:
+    ended = ", ".join(session[:8] + "…" for session in sorted(revocation.ended_sessions))
+    return (
+        f"{revocation.started:.2f} to {revocation.finished:.2f}: {revocation.kind} of user "
+        f"{revocation.user}, revocation {revocation.event_id}"
+        f"{f', ended {ended}' if ended else ''}"
+    )
+
+
 def report_transport(
-    transport: str, clients: list[Client], stats: Stats, stored: dict[int, str]
+    transport: str,
+    clients: list[Client],
+    stats: Stats,
+    stored: dict[int, str],
+    revocations: list[Revocation],
 ) -> None:
-    """The summary of one transport's clients: their verdict, connections and endings."""
-    verdict = judge((client.received for client in clients), stored)
+    """The summary of one transport's clients: their verdict, connections and endings, and
+    what revocations did to its logged-in clients."""
+    verdict = judge((client.received for client in clients), stored, revocations)
     print(f"soak: {transport}: {len(clients)} clients, {verdict.counts()}", flush=True)
+    if logged_in := sum(1 for client in clients if client.browser is not None):
+        print(
+            f"soak: {transport}: {logged_in} logged-in clients: "
+            f"{verdict.revoked_connections} connections revoked (streaming at a revocation "
+            f"of their user, or with a session it ended), {stats.refused_sessions} refused "
+            f"for an ended session, {stats.logins} logins again",
+            flush=True,
+        )
     print(
         f"soak: {transport}: {stats.connections} connections, {stats.reconnects} reconnection "
         f"attempts ({stats.refused} refused), statuses {dict(sorted(stats.statuses.items()))}",
@@ -330,13 +461,18 @@ async def run_faults(
     ]
     for fraction, fault in schedule:
         await asyncio.sleep(max(0.0, started + fraction * args.duration - loop.time()))
+        begun = loop.time()
         try:
-            faults.done.append(await asyncio.to_thread(fault))
+            done = await asyncio.to_thread(fault)
+            # Loop times, as in the clients' traces and the revocations.
+            faults.done.append(f"{done} ({begun:.2f} to {loop.time():.2f})")
         except Exception as exc:  # reported: the run fails
             faults.errors.append(f"{fault.__name__}: {exc!r}")
 
 
-async def report_progress(stats: dict[str, Stats], faults: Faults, started: float) -> None:
+async def report_progress(
+    stats: dict[str, Stats], faults: Faults, revoker: Revoker, started: float
+) -> None:
     loop = asyncio.get_running_loop()
 
     def deliveries() -> int:
@@ -353,7 +489,8 @@ async def report_progress(stats: dict[str, Stats], faults: Faults, started: floa
         )
         print(
             f"soak: {now - started:6.1f} s  {rate:8.0f} deliveries/s  "
-            f"{streams} open streams  {len(faults.done)} faults so far",
+            f"{streams} open streams  {len(faults.done)} faults, "
+            f"{len(revoker.revocations)} revocations so far",
             flush=True,
         )
 

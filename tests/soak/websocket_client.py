@@ -5,9 +5,11 @@ It connects to ``/notify/ws/`` with its cursor as ``lastEventId``: the id of the
 or control event it received whole. It keeps the ``notify.retry`` delay and, when the
 server closes, does what the close code says: reconnect after that delay (ended, revoked,
 too slow, or shutdown, whose ``notify.retry`` just came), never again (a bad request,
-forbidden), or back off (anything else: too many streams, unavailable, an internal error, no
+forbidden; a logged-in client refused because its session ended logs in again instead),
+or back off (anything else: too many streams, unavailable, an internal error, no
 close frame (1006), a failed connection or handshake). Like a browser it sends no pings:
-daphne pings it. The message types and close codes are ``notify.websocket``'s.
+daphne pings it, and it sends the page's cookies: a logged-in client's session cookie. The
+message types and close codes are ``notify.websocket``'s.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from notify import sse, websocket
 from tests.soak.client import Client, count, reset_on_close
 
 RECONNECT = {websocket.ENDED, websocket.REVOKED, websocket.TOO_SLOW, websocket.SHUTDOWN}
-GIVE_UP = {websocket.BAD_REQUEST, websocket.FORBIDDEN}
 # What a browser reports when the connection ended without a close frame.
 ABNORMAL = 1006
 # Control events: each carries the id the client then has everything through.
@@ -48,6 +49,7 @@ class WebSocketClient(Client):
                 sock=await self.tcp_connect(host, port),
                 # A page of the site, as a browser sends it.
                 origin=Origin(f"http://{host}:{port}"),
+                additional_headers=self.cookie_header(),
                 proxy=None,
                 ping_interval=None,
                 close_timeout=2,
@@ -69,6 +71,8 @@ class WebSocketClient(Client):
             pass  # its time is up: drop it
         except ConnectionClosed as closed:
             code = ABNORMAL if closed.rcvd is None else closed.rcvd.code
+            if code == websocket.FORBIDDEN:
+                return self.forbidden(f"close {code}")
             return f"close {code}", self.after_close(code)
         finally:
             self.stats.open_streams -= 1
@@ -82,7 +86,7 @@ class WebSocketClient(Client):
         return self.dropped()
 
     def after_close(self, code: int) -> float | None:
-        if code in GIVE_UP:
+        if code == websocket.BAD_REQUEST:
             return None
         if code in RECONNECT:
             return self.retry_ms / 1000
@@ -129,6 +133,7 @@ class WebSocketClient(Client):
         elif kind == websocket.RETRY:
             self.retry_ms = message["retry"]
         elif kind in CONTROL:
+            self.streaming()
             if kind == sse.OPEN and self.received.first_cursor is None:
                 self.received.first_cursor = message["id"]
             elif kind == sse.RESET:
