@@ -51,6 +51,8 @@ class Admission:
     until it joins the hub (``attach``). ``close()`` undoes all of it, once; every way out,
     an exception or a cancellation at any ``await``, must reach it."""
 
+    __slots__ = ("closed", "counter", "hub", "owner", "subscriber", "ticket", "user_id")
+
     def __init__(
         self,
         hub: Hub,

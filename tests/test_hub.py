@@ -525,24 +525,43 @@ def test_stream_replays_then_goes_live_without_repeating_across_the_seam():
     run_with_hub(body)
 
 
-def test_notices_that_reach_the_hub_after_the_replay_sent_their_events_are_dropped():
+def test_events_both_buffered_and_replayed_are_sent_once():
     async def body(hub: Hub) -> None:
         start = hub.last_id
-        # Stored and committed, but their notices are late: the replay sends them first.
         first, second = await store_many(2)
         subscriber = await hub.subscribe(["a"])
+        # The hub delivers them after the stream subscribed and before its replay reads:
+        # they are in its buffer and in the replay.
+        hub._on_notice(notice_of(first))
+        hub._on_notice(notice_of(second))
+        assert len(subscriber.frames) == 2
         stream = EventStream(subscriber, str(start)).body()
         assert await next_chunk(stream) == sse.catchup_start_frame(start)
         assert await next_chunk(stream) == first.sse_frame() + second.sse_frame()
         assert await next_chunk(stream) == sse.catchup_end_frame(2, second.id)
         reading = asyncio.ensure_future(next_chunk(stream))
-        await asyncio.sleep(0.05)  # the stream is live, waiting
-        hub._on_notice(notice_of(first))
-        hub._on_notice(notice_of(second))
-        assert hub.last_id == second.id
+        await asyncio.sleep(0.05)  # the stream is live, waiting: the buffer was dropped
+        assert not reading.done()
         third = await store()
         hub._on_notice(notice_of(third))
         assert await reading == third.sse_frame()
+        await stream.aclose()
+
+    run_with_hub(body)
+
+
+def test_events_stored_before_the_hub_met_them_come_live_after_the_replay():
+    async def body(hub: Hub) -> None:
+        start = hub.last_id
+        # Stored and committed, but their notices are late: the replay stops at the hub.
+        first, second = await store_many(2)
+        subscriber = await hub.subscribe(["a"])
+        stream = EventStream(subscriber, str(start)).body()
+        assert await next_chunk(stream) == sse.catchup_start_frame(start)
+        assert await next_chunk(stream) == sse.catchup_end_frame(0, start)
+        hub._on_notice(notice_of(first))
+        hub._on_notice(notice_of(second))
+        assert await next_chunk(stream) == first.sse_frame() + second.sse_frame()
         await stream.aclose()
 
     run_with_hub(body)
@@ -662,6 +681,7 @@ def test_a_paused_stream_reads_no_more_of_its_replay_until_resumed():
         async def body(hub: Hub) -> None:
             start = hub.last_id
             events = await store_many(5)
+            await hub.fill()  # a replay reads what the hub has met
             subscriber = await hub.subscribe(["a"])
             stream = EventStream(subscriber, str(start)).body()
             assert await next_chunk(stream) == sse.catchup_start_frame(start)

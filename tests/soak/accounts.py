@@ -217,6 +217,10 @@ class Revoker:
         of the revocation event it stored."""
         loop = asyncio.get_running_loop()
         async with account.lock:
+            if kind == "logout" and browser.session in account.ended_sessions:
+                # Ended already (a password change) and not logged in again yet: Django's
+                # logout then finds nobody logged in, and there is nothing to revoke.
+                return
             if account.opening:
                 self.during_opening += 1
             started = loop.time()
