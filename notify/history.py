@@ -47,12 +47,6 @@ def _notices(rows: Iterable[tuple[Any, ...]]) -> list[Notice]:
     ]
 
 
-def replay(channels: Sequence[str], after: int, limit: int) -> list[Notice]:
-    """Up to ``limit`` events of ``channels`` with id > ``after``, in id order."""
-    query = _events().filter(channel__in=channels, id__gt=after).order_by("id")
-    return _notices(query.values_list(*_FIELDS)[:limit])
-
-
 class Start(NamedTuple):
     """What a stream resuming from a cursor reads first."""
 
@@ -89,12 +83,48 @@ def start(channels: Sequence[str], after: int, limit: int) -> Start:
     return Start(first[-2], first[-1], _notices(rows))
 
 
-def events_after(after: int, limit: int, until: int | None = None) -> list[Notice]:
-    """Up to ``limit`` events of every channel with ``after`` < id (≤ ``until``), in id order."""
+class Batch(NamedTuple):
+    """Events read after a position, and the oldest stored id when they were read: the ids
+    after the position and below ``oldest`` were deleted by retention (or never committed)."""
+
+    #: None when nothing is stored, or when nothing was read and no bound was needed.
+    oldest: int | None
+    rows: list[Notice]
+
+
+def _read_batch(query: QuerySet[Event], limit: int) -> Batch:
+    """Up to ``limit`` rows of ``query`` (in id order) and the oldest stored id, read in the
+    same statement, so that a batch never hides a prune that ran before it. Nothing read:
+    ``oldest`` is None."""
+    oldest = _bound("MIN", query.db)
+    rows = list(query.annotate(notify_oldest=oldest).values_list(*_FIELDS, "notify_oldest")[:limit])
+    if not rows:
+        return Batch(None, [])
+    return Batch(rows[0][-1], _notices(rows))
+
+
+def replay(channels: Sequence[str], after: int, limit: int) -> Batch:
+    """Up to ``limit`` events of ``channels`` with id > ``after``, in id order, and the
+    oldest stored id: in one query, and a second for the oldest id when there is nothing to
+    replay (retention may have deleted what was left of these channels)."""
+    batch = _read_batch(_events().filter(channel__in=channels, id__gt=after).order_by("id"), limit)
+    if not batch.rows:
+        return Batch(id_bounds()[0], [])
+    return batch
+
+
+def events_after(after: int, limit: int, until: int | None = None) -> Batch:
+    """Up to ``limit`` events of every channel with ``after`` < id (≤ ``until``), in id order,
+    and the oldest stored id, in one query. When nothing is read, the oldest id is read (a
+    second query) only with ``until``: without it, no id above ``after`` is stored, so none
+    was ever committed, since retention always keeps the newest event (``notify.retention``)."""
     query = _events().filter(id__gt=after)
     if until is not None:
         query = query.filter(id__lte=until)
-    return _notices(query.order_by("id").values_list(*_FIELDS)[:limit])
+    batch = _read_batch(query.order_by("id"), limit)
+    if not batch.rows and until is not None:
+        return Batch(id_bounds()[0], [])
+    return batch
 
 
 class Page(NamedTuple):

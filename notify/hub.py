@@ -372,13 +372,35 @@ class Hub:
 
     async def fill(self, until: int | None = None) -> None:
         """Deliver from the database what the broker did not bring: ids after ``last_id``,
-        up to ``until`` (an id known to be committed) or to the newest stored."""
+        up to ``until`` (an id known to be committed) or to the newest stored.
+
+        Ids after ``last_id`` that retention deleted before they were read here cannot be
+        delivered, and which channels they were on is gone with them. So that no stream
+        misses them silently, a live stream that may have been owed one is closed
+        (``"history-gone"``): its client resumes from its cursor, below the oldest stored id,
+        and the stream's start reports ``history-gone``. A stream still replaying reads the
+        database again instead (as after an overflow), and that read reports it."""
         async with self._fill_lock:
-            assert self.last_id is not None
+            if self.last_id is None:
+                # Not started: nothing after the id ``_start`` reads can be owed to a stream
+                # before it is read. (A check, not an assert: ``python -O`` strips those.)
+                return
             batch = notify_settings.REPLAY_BATCH
             while True:
                 start = self.last_id
-                rows = await db_call(events_after, start, batch, until)
+                oldest, rows = await db_call(events_after, start, batch, until)
+                # Notices may have advanced last_id during the read, consecutively: every id
+                # up to it was delivered, and only the ids between it and the oldest are gone.
+                if oldest is not None and oldest > self.last_id + 1:
+                    for subscriber in list(self.subscribers):
+                        if subscriber.replaying:
+                            # It reads the database again before it goes live.
+                            subscriber.frames.clear()
+                            subscriber.lost = True
+                        elif subscriber.floor < oldest - 1:
+                            # It has everything up to last_id from here, and up to its floor
+                            # from the database: with a floor past the gap, it missed nothing.
+                            subscriber.close("history-gone")
                 for count, notice in enumerate(rows, 1):
                     # Notices may advance last_id meanwhile: only ever consecutively, so
                     # skipping ids at or below it skips nothing unseen.
@@ -389,7 +411,8 @@ class Hub:
                 if len(rows) < batch:
                     break
             if until is not None and until > self.last_id:
-                # Ids up to ``until`` that the database does not have were rolled back.
+                # Ids up to ``until`` that the database does not have were rolled back (or
+                # deleted, which the streams were told of above).
                 self.last_id = until
             for stale in [key for key in self.pending if key <= self.last_id]:
                 del self.pending[stale]
