@@ -177,6 +177,23 @@ def test_starts_at_zero_with_nothing_stored():
     run_with_hub(body, warm_up=False)
 
 
+def test_a_fill_before_the_hub_has_read_where_it_starts_delivers_nothing():
+    _store("a", "stored before the hub started")
+
+    async def main() -> None:
+        hub = Hub(get_broker())
+        try:
+            # Its first read of the newest id has not run yet: nothing is owed to anyone.
+            assert hub.last_id is None
+            await hub.fill()
+            assert hub.last_id is None
+            await asyncio.wait_for(asyncio.shield(hub.ready), 10)
+        finally:
+            hub.close()
+
+    asyncio.run(main())
+
+
 def test_delivers_published_events_in_id_order():
     async def body(hub: Hub) -> None:
         ab = await live_subscriber(hub, "a", "b")
