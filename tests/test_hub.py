@@ -726,6 +726,22 @@ def test_live_streams_the_hub_could_not_deliver_pruned_events_to_are_closed():
     run_with_hub(body)
 
 
+def test_a_hub_that_started_on_an_empty_table_takes_no_id_before_its_first_for_a_pruned_one():
+    # Ids were handed out and deleted before the hub started (a test database is flushed; an
+    # application may empty the table): nobody was owed them.
+    _delete(_store("a", "deleted before the hub started").id)
+
+    async def body(hub: Hub) -> None:
+        assert hub.last_id == 0
+        subscriber = await live_subscriber(hub)
+        event = await apublish("a", "first")
+        assert event.id > 1
+        assert ids(await receive(subscriber, 1)) == [event.id]
+        assert subscriber.closed is None
+
+    run_with_hub(body, warm_up=False)
+
+
 def test_a_live_stream_that_read_past_a_pruned_gap_keeps_going():
     async def body(hub: Hub) -> None:
         events = await store_many(6)
