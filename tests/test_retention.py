@@ -243,6 +243,7 @@ def test_a_client_whose_cursor_was_pruned_gets_history_gone(server):
 def test_a_live_stream_whose_events_were_deleted_before_the_hub_read_them_ends(start_server):
     # No periodic read of the database: only the notice below shows the hub its gap.
     server = start_server(RECONCILE_SECONDS=3600)
+    publish(1)  # the hub starts at a stored id
     with SSEClient(f"{server.url}/notify/stream/") as client:
         opened = client.next()
         assert opened.event == "notify.open"

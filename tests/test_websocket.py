@@ -348,6 +348,7 @@ def test_events_deleted_before_the_hub_read_them_end_with_4000_and_the_cursor_is
 ):
     # No periodic read of the database: only the notice below shows the hub its gap.
     server = start_server(RECONCILE_SECONDS=3600)
+    notify.publish("a", "the hub starts at a stored id")
     with WSClient(ws_url(server, "a")) as ws:
         cursor = opened(ws)["id"]
         # A burst whose notices never came (their publisher could not reach Redis), deleted
