@@ -343,18 +343,16 @@ def test_the_lifetime_ends_with_4000_and_the_cursor_resumes(start_server):
         assert event_ids(ws.until_type("notify.catchup-end")) == [missed.id]
 
 
-def test_events_deleted_before_the_hub_read_them_end_with_4000_and_the_cursor_is_told(
-    start_server,
-):
-    # No periodic read of the database: only the notice below shows the hub its gap.
-    server = start_server(RECONCILE_SECONDS=3600)
+def test_events_deleted_before_the_hub_read_them_end_with_4000_and_the_cursor_is_told(server):
     notify.publish("a", "the hub starts at a stored id")
     with WSClient(ws_url(server, "a")) as ws:
         cursor = opened(ws)["id"]
         # A burst whose notices never came (their publisher could not reach Redis), deleted
-        # by a tiny retention but for the newest before the hub read them.
-        burst = [Event.objects.create(channel="a", data=n) for n in range(5)]
-        list(retention.prune(Retention(None, 1), batch_size=100))
+        # by a tiny retention but for the newest before the hub read them (in the same
+        # transaction: whenever the hub reads next, they are gone).
+        with transaction.atomic():
+            burst = [Event.objects.create(channel="a", data=n) for n in range(5)]
+            list(retention.prune(Retention(None, 1), batch_size=100))
         noticed = notify.publish("a", "noticed")
         assert ws.ended().code == websocket.ENDED
     with WSClient(ws_url(server, "a", lastEventId=str(cursor))) as ws:
