@@ -116,8 +116,9 @@ def replay(channels: Sequence[str], after: int, limit: int) -> Batch:
 def events_after(after: int, limit: int, until: int | None = None) -> Batch:
     """Up to ``limit`` events of every channel with ``after`` < id (≤ ``until``), in id order,
     and the oldest stored id, in one query. When nothing is read, the oldest id is read (a
-    second query) only with ``until``: without it, no id above ``after`` is stored, so none
-    was ever committed, since retention always keeps the newest event (``notify.retention``)."""
+    second query) only with ``until``: without it, nothing read means that no id above
+    ``after`` is stored, and retention, which always keeps the newest event
+    (``notify.retention``), cannot have deleted one."""
     query = _events().filter(id__gt=after)
     if until is not None:
         query = query.filter(id__lte=until)
