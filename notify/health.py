@@ -70,7 +70,8 @@ _query_lock = threading.Lock()
 
 
 async def _query_database() -> None:
-    """``SELECT 1`` on the database notify reads from."""
+    """``SELECT 1`` on the database notify reads events from: the one they are written to
+    (``notify.history``), whatever a router does with other reads."""
     global _query
     with _query_lock:
         if _query is None or _query.done():
@@ -86,7 +87,7 @@ async def _query_database() -> None:
 
 def _select_one(result: Future[None]) -> None:
     try:
-        with connections[router.db_for_read(Event)].cursor() as cursor:
+        with connections[router.db_for_write(Event)].cursor() as cursor:
             cursor.execute("SELECT 1")
             cursor.fetchone()
     except BaseException as exc:

@@ -182,12 +182,14 @@ class Ticket:
     and ``Hub.attach`` closes the stream as it joins (see ``Hub.revoke``). Close it once
     the stream has joined, or has been refused."""
 
-    __slots__ = ("hub", "revoked")
+    __slots__ = ("hub", "revoked", "void")
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         # The users revoked since the ticket was taken (None: nobody yet).
         self.revoked: set[str] | None = None
+        # Set when whatever came since cannot be known: the reason the stream ends with.
+        self.void: str | None = None
 
     def close(self) -> None:
         self.hub.tickets.discard(self)
@@ -295,7 +297,9 @@ class Hub:
             self.by_user.setdefault(user_id, set()).add(subscriber)
         if ticket is not None:
             ticket.close()
-            if ticket.hub is not self or (
+            if ticket.void is not None:
+                subscriber.close(ticket.void)
+            elif ticket.hub is not self or (
                 user_id is not None and ticket.revoked is not None and user_id in ticket.revoked
             ):
                 # Authorized before a revocation of its user reached the hub (or by a hub
@@ -467,13 +471,26 @@ class Hub:
 
     async def fill(self, until: int | None = None) -> None:
         """Deliver from the database what the broker did not bring: ids after ``last_id``,
-        up to ``until`` (an id known to be committed) or to the newest stored."""
+        up to ``until`` (an id known to be committed) or to the newest stored.
+
+        Ids after ``last_id`` that retention deleted before they were read here cannot be
+        delivered: see ``_lost_to_retention``."""
         async with self._fill_lock:
-            assert self.last_id is not None
+            if self.last_id is None:
+                # Not started: nothing after the id ``_start`` reads can be owed to a stream
+                # before it is read. (A check, not an assert: ``python -O`` strips those.)
+                return
             batch = notify_settings.REPLAY_BATCH
             while True:
                 start = self.last_id
-                rows = await db_call(events_after, start, batch, until)
+                oldest, rows = await db_call(events_after, start, batch, until)
+                # Notices may have advanced last_id during the read, consecutively: every id
+                # up to it was delivered, and only the ids between it and the oldest are gone.
+                # At 0 the hub found nothing stored when it started and has delivered nothing:
+                # it cannot tell ids deleted since from ids deleted before (a table emptied by
+                # hand or by a test, a first publish rolled back), which nobody was owed.
+                if oldest is not None and self.last_id > 0 and oldest > self.last_id + 1:
+                    self._lost_to_retention()
                 for count, notice in enumerate(rows, 1):
                     # Notices may advance last_id meanwhile: only ever consecutively, so
                     # skipping ids at or below it skips nothing unseen.
@@ -484,11 +501,24 @@ class Hub:
                 if len(rows) < batch:
                     break
             if until is not None and until > self.last_id:
-                # Ids up to ``until`` that the database does not have were rolled back.
+                # Ids up to ``until`` that the database does not have were rolled back (or
+                # deleted, which the streams were told of above).
                 self.last_id = until
             for stale in [key for key in self.pending if key <= self.last_id]:
                 del self.pending[stale]
             self._drain_pending()
+
+    def _lost_to_retention(self) -> None:
+        """Ids after ``last_id`` were deleted by retention before the hub read them, and
+        which channels they were on is gone with them; one may even have been a revocation.
+        So every stream ends (``"history-gone"``), those being let in too: each client
+        resumes from its cursor, below the oldest stored id, is authorized again, and its
+        stream's start reports ``history-gone``. (A stream's replay never reads past
+        ``last_id``, so none of them has anything past the gap from the database.)"""
+        for subscriber in list(self.subscribers):
+            subscriber.close("history-gone")
+        for ticket in self.tickets:
+            ticket.void = "history-gone"
 
     # -- background tasks ------------------------------------------------------------------
 

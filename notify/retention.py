@@ -1,9 +1,23 @@
 """Retention: deleting old events in batches, from ``prune_events`` and after publishing.
 
-An event goes once it is older than ``max_age`` seconds or is not among the newest
-``max_events``. The newest event is always kept: it is the high-water mark that tells a
-stream a resuming client's cursor is merely old (``history-gone``) rather than from a
-database it has never seen (``unknown-cursor``).
+Pruning only ever deletes a prefix of the ids: every id below a bound, never an id above one
+it keeps. Streams rely on it: a cursor (or the hub's last delivered id) at or above the
+oldest stored id minus one then has every event after it still stored, or never committed;
+one below it is told ``history-gone``. Comparing with ``MIN(id)`` is sound only so.
+
+An event goes once it, and every event before it, is older than ``max_age`` seconds, or once
+it is not among the newest ``max_events``. ``created`` is the publishing process's clock,
+read on PostgreSQL before the publisher waits for the ordering lock (``notify.api``), and
+publishers on other hosts have other clocks: it may run against id order. An event that
+looks old after one that does not is kept until that one goes too (for longer than
+``max_age``, by as much as the clocks or the waits differ), rather than leave a hole above the
+oldest id.
+
+The newest event is always kept: it is the high-water mark that tells a stream a resuming
+client's cursor is merely old (``history-gone``) rather than from a database it has never
+seen (``unknown-cursor``), and the hub's gap reads count on it (``history.events_after``).
+
+Deleting events in other ways (the admin) can leave a hole that no stream reports.
 """
 
 from __future__ import annotations
@@ -16,7 +30,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import DatabaseError, router
-from django.db.models import Max, Q
+from django.db.models import Max, Min, QuerySet
 from django.utils import timezone
 
 from notify.conf import Retention, notify_settings
@@ -27,10 +41,10 @@ logger = logging.getLogger("notify.retention")
 
 @dataclass(frozen=True)
 class PrunePass:
-    """What one pruning pass deletes, fixed when the pass starts so that events published
-    during it are never candidates."""
+    """What one pruning pass deletes: every id below ``below``. Fixed when the pass starts,
+    so that events published during it are never candidates."""
 
-    stale: Q
+    below: int
     using: str
 
 
@@ -41,29 +55,40 @@ def plan(retention: Retention, using: str | None = None) -> PrunePass | None:
     newest = events.aggregate(newest=Max("id"))["newest"]
     if newest is None:
         return None
-    limits = Q()
+    # Each limit's bound: it deletes every id below, none above. Together they delete
+    # what either one would: the longer prefix.
+    bounds = []
     if retention.max_age is not None:
-        limits |= Q(created__lt=timezone.now() - timedelta(seconds=retention.max_age))
+        cutoff = timezone.now() - timedelta(seconds=retention.max_age)
+        # PostgreSQL and SQLite read the primary key in id order and stop at the first recent
+        # event (PostgreSQL takes the index on ``created`` instead when few are recent): a
+        # pass reads the rows it deletes, and one more, not the table.
+        first_recent = events.filter(created__gte=cutoff).aggregate(first=Min("id"))["first"]
+        bounds.append(newest if first_recent is None else first_recent)
     if retention.max_events is not None:
         first_dropped = events.order_by("-id").values_list("id", flat=True)[retention.max_events :][
             :1
         ]
         boundary = next(iter(first_dropped), None)
         if boundary is not None:
-            limits |= Q(id__lte=boundary)
-    if not limits:
+            bounds.append(boundary + 1)
+    if not bounds:
         return None
-    return PrunePass(limits & Q(id__lt=newest), using)
+    return PrunePass(min(max(bounds), newest), using)
+
+
+def _stale(prune_pass: PrunePass) -> QuerySet[Event]:
+    return Event.objects.using(prune_pass.using).filter(id__lt=prune_pass.below)
 
 
 def count(prune_pass: PrunePass) -> int:
     """How many events the pass would delete (for ``--dry-run``)."""
-    return Event.objects.using(prune_pass.using).filter(prune_pass.stale).count()
+    return _stale(prune_pass).count()
 
 
 def delete_batch(prune_pass: PrunePass, size: int) -> int:
     """Delete up to ``size`` of the pass's oldest events in one DELETE; returns how many."""
-    events = Event.objects.using(prune_pass.using).filter(prune_pass.stale)
+    events = _stale(prune_pass)
     ids = list(events.order_by("id").values_list("id", flat=True)[:size])
     if not ids:
         return 0

@@ -183,15 +183,13 @@ class EventStream(Generic[Chunk]):
             self.position = newest
             yield wire.reset(reason, oldest, newest)
         else:
+            self.position = cursor
             if oldest is not None and cursor + 1 < oldest:
                 # Retention deleted events after the cursor; replay what is left (the first
                 # batch holds ids above the cursor: those are above oldest - 1 as well).
-                cursor = oldest - 1
-                metrics.RESETS.labels(reason="history-gone").inc()
-                yield wire.reset("history-gone", oldest, cursor)
+                yield self._history_gone(oldest)
             metrics.REPLAYS.inc()
-            self.position = cursor
-            yield wire.catchup_start(cursor)
+            yield wire.catchup_start(self.position)
             if first:
                 self.position = first[-1].id
                 self._count_replayed(len(first))
@@ -208,7 +206,10 @@ class EventStream(Generic[Chunk]):
             yield chunk
 
     async def _from_database(self) -> AsyncIterator[Chunk]:
-        """Events after ``position`` from the database, until the live buffer holds the rest."""
+        """Events after ``position`` from the database, until the live buffer holds the rest.
+        Retention may run between two batches (or since the stream's first read): each batch
+        comes with the oldest stored id, and ids after ``position`` found gone are reported
+        (``history-gone``) before what is left."""
         subscriber = self.subscriber
         batch = notify_settings.REPLAY_BATCH
         while True:
@@ -221,9 +222,11 @@ class EventStream(Generic[Chunk]):
             until = self._replay_until()
             if until is None:
                 return
-            rows = await db_call(replay, subscriber.channels, self.position, batch, until)
+            oldest, rows = await db_call(replay, subscriber.channels, self.position, batch, until)
             if subscriber.closed:
                 return
+            if oldest is not None and self.position + 1 < oldest:
+                yield self._history_gone(oldest)
             if rows:
                 self.position = rows[-1].id
                 self._count_replayed(len(rows))
@@ -242,6 +245,13 @@ class EventStream(Generic[Chunk]):
         anyway (it subscribed before reading), and the seam drops what the replay sent."""
         hub = self.subscriber.hub
         return None if hub is None else hub.last_id
+
+    def _history_gone(self, oldest: int) -> Chunk:
+        """The reset that tells the client the events after its position and before
+        ``oldest`` are gone; its position moves to just before ``oldest``."""
+        self.position = oldest - 1
+        metrics.RESETS.labels(reason="history-gone").inc()
+        return self.wire.reset("history-gone", oldest, self.position)
 
     def _count_replayed(self, count: int) -> None:
         """Note ``count`` events sent from the database (a batch: not one call per event)."""

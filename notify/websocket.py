@@ -36,8 +36,9 @@ ERROR: Final = "notify.error"
 
 # Close codes. 4000-4999 are the application's (RFC 6455, 7.4.2); 44xx and 45xx mirror the
 # HTTP status the SSE stream answers in the same case.
-#: The stream ended (its MAX_STREAM_SECONDS are over, or the server's fan-out restarted):
-#: reconnect after the retry delay, from the cursor.
+#: The stream ended (its MAX_STREAM_SECONDS are over, the server's fan-out restarted, or
+#: events were deleted by retention before they could reach it): reconnect after the retry
+#: delay, from the cursor (the stream then says what is gone).
 ENDED: Final = 4000
 #: ``notify.revoke`` closed the user's streams: reconnect, to be authorized again.
 REVOKED: Final = 4001
@@ -68,6 +69,7 @@ CLOSE_CODES: Final = {
     "revoked": REVOKED,
     "lifetime": ENDED,
     "hub-closed": ENDED,
+    "history-gone": ENDED,
 }
 
 #: The close code of a stream refused with an HTTP status on the SSE side.

@@ -3,7 +3,9 @@
 The environment chooses the services: ``DATABASE_URL`` switches to PostgreSQL (else a
 SQLite file, so that server processes started by the tests share it); ``REDIS_URL`` is
 filled in by tests/conftest.py (a private redis-server when none is given).
-``NOTIFY_TEST_DB_NAME`` and ``NOTIFY_TEST_*`` are set by the tests for the servers they start.
+``NOTIFY_TEST_DB_NAME`` and ``NOTIFY_TEST_*`` are set by the tests for the servers they start;
+``NOTIFY_TEST_REPLICA_URL`` adds a database ``replica`` that every read is routed to
+(tests/test_replica.py).
 """
 
 import json
@@ -97,6 +99,10 @@ else:
 # A server process started by a test uses the test database pytest-django created.
 if os.environ.get("NOTIFY_TEST_DB_NAME"):
     DATABASES["default"]["NAME"] = os.environ["NOTIFY_TEST_DB_NAME"]
+# A read replica, as projects set one up: reads go there, writes to the primary.
+if os.environ.get("NOTIFY_TEST_REPLICA_URL"):
+    DATABASES["replica"] = dj_database_url.parse(os.environ["NOTIFY_TEST_REPLICA_URL"])
+    DATABASE_ROUTERS = ["tests.routers.ReplicaRouter"]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # For {% static %} in notify's templates; tests/js_pages.py serves notify's static files there.

@@ -14,10 +14,11 @@ import pytest
 from django.db import connection, transaction
 from django.test import override_settings
 
-from notify import sse
+from notify import retention, sse
 from notify.api import publish
 from notify.broker import Notice, decode_notice, encode_notice, get_broker
 from notify.broker.local import LocalBroker
+from notify.conf import Retention
 from notify.db import db_call
 from notify.history import id_bounds
 from notify.hub import Hub, Subscriber
@@ -111,6 +112,11 @@ def _delete(*ids: int) -> None:
     Event.objects.filter(id__in=ids).delete()
 
 
+def _keep_newest(count: int) -> None:
+    """Prune as retention does, keeping the newest ``count`` events."""
+    list(retention.prune(Retention(None, count), batch_size=1000))
+
+
 def _frame_from_database(event_id: int) -> bytes:
     return Event.objects.get(pk=event_id).sse_frame()
 
@@ -169,6 +175,23 @@ def test_starts_at_zero_with_nothing_stored():
         assert hub.last_id == 0
 
     run_with_hub(body, warm_up=False)
+
+
+def test_a_fill_before_the_hub_has_read_where_it_starts_delivers_nothing():
+    _store("a", "stored before the hub started")
+
+    async def main() -> None:
+        hub = Hub(get_broker())
+        try:
+            # Its first read of the newest id has not run yet: nothing is owed to anyone.
+            assert hub.last_id is None
+            await hub.fill()
+            assert hub.last_id is None
+            await asyncio.wait_for(asyncio.shield(hub.ready), 10)
+        finally:
+            hub.close()
+
+    asyncio.run(main())
 
 
 def test_delivers_published_events_in_id_order():
@@ -624,6 +647,145 @@ def test_stream_history_gone():
         assert await next_chunk(stream) == sse.catchup_start_frame(oldest - 1)
         assert await next_chunk(stream) == events[2].sse_frame() + events[3].sse_frame()
         assert await next_chunk(stream) == sse.catchup_end_frame(2, events[3].id)
+        await stream.aclose()
+
+    run_with_hub(body)
+
+
+def frames(events: list[Event]) -> bytes:
+    return b"".join(event.sse_frame() for event in events)
+
+
+def test_pruning_between_two_replay_batches_is_reported_before_the_rest():
+    # The issue's case: the newest 8 kept while a client replays 20 in batches of 5. It got
+    # 1-5, then 13-20, and no reset.
+    with with_notify(REPLAY_BATCH=5):
+
+        async def body(hub: Hub) -> None:
+            start = hub.last_id
+            events = await store_many(20)
+            await hub.fill()  # a replay reads what the hub has met
+            subscriber = await hub.subscribe(["a"])
+            stream = EventStream(subscriber, str(start)).body()
+            assert await next_chunk(stream) == sse.catchup_start_frame(start)
+            assert await next_chunk(stream) == frames(events[:5])
+            await db_call(_keep_newest, 8)
+            kept = events[12:]
+            oldest = kept[0].id
+            assert await next_chunk(stream) == sse.reset_frame("history-gone", oldest, oldest - 1)
+            assert await next_chunk(stream) == frames(kept[:5])
+            assert await next_chunk(stream) == frames(kept[5:])
+            assert await next_chunk(stream) == sse.catchup_end_frame(13, kept[-1].id)
+            live = await apublish("a", "live")
+            assert await next_chunk(stream) == live.sse_frame()
+            await stream.aclose()
+
+        run_with_hub(body)
+
+
+def test_pruning_every_event_left_of_the_stream_channels_between_batches_is_reported():
+    with with_notify(REPLAY_BATCH=2):
+
+        async def body(hub: Hub) -> None:
+            start = hub.last_id
+            mine = await store_many(3, "a")
+            others = await store_many(2, "b")
+            await hub.fill()  # a replay reads what the hub has met
+            subscriber = await hub.subscribe(["a"])
+            stream = EventStream(subscriber, str(start)).body()
+            assert await next_chunk(stream) == sse.catchup_start_frame(start)
+            assert await next_chunk(stream) == frames(mine[:2])
+            # mine[2] goes: the next batch finds nothing of "a", and must still say so.
+            await db_call(_keep_newest, 2)
+            oldest = others[0].id
+            assert await next_chunk(stream) == sse.reset_frame("history-gone", oldest, oldest - 1)
+            assert await next_chunk(stream) == sse.catchup_end_frame(2, oldest - 1)
+            await stream.aclose()
+
+        run_with_hub(body)
+
+
+async def pruned_before_the_hub_read_them(hub: Hub, count: int, kept: int) -> list[Event]:
+    """A burst of ``count`` events whose notices are late, of which retention keeps the newest
+    ``kept`` before the hub reads the gap (when the notice of the newest comes). Returns the
+    events kept, once the hub has delivered them."""
+    events = await store_many(count)
+    await db_call(_keep_newest, kept)
+    hub._on_notice(notice_of(events[-1]))
+    for _ in range(500):
+        if hub.last_id == events[-1].id:
+            return events[-kept:]
+        await asyncio.sleep(0.01)
+    raise AssertionError("the hub never read the gap")
+
+
+def test_live_streams_the_hub_could_not_deliver_pruned_events_to_are_closed():
+    async def body(hub: Hub) -> None:
+        opened = hub.last_id
+        subscriber = await hub.subscribe(["a"])
+        stream = EventStream(subscriber, None).body()
+        assert await next_chunk(stream) == sse.open_frame(opened)
+        reading = asyncio.ensure_future(next_chunk(stream))
+        await asyncio.sleep(0.05)  # the stream is live, waiting
+        other_channel = await live_subscriber(hub, "b")
+        kept = await pruned_before_the_hub_read_them(hub, 10, kept=3)
+        # Which channels the deleted events were on is gone with them: every live stream
+        # that may have been owed one ends, with none of what came after the gap.
+        with pytest.raises(StopAsyncIteration):
+            await reading
+        assert subscriber.closed == other_channel.closed == "history-gone"
+        assert other_channel.frames == []
+        # Its client resumes from its cursor, and is told.
+        resumed = await hub.subscribe(["a"])
+        stream = EventStream(resumed, str(opened)).body()
+        oldest = kept[0].id
+        assert await next_chunk(stream) == sse.reset_frame("history-gone", oldest, oldest - 1)
+        assert await next_chunk(stream) == sse.catchup_start_frame(oldest - 1)
+        assert await next_chunk(stream) == frames(kept)
+        await stream.aclose()
+
+    run_with_hub(body)
+
+
+def test_a_hub_that_started_on_an_empty_table_takes_no_id_before_its_first_for_a_pruned_one():
+    # Ids were handed out and deleted before the hub started (a test database is flushed; an
+    # application may empty the table): nobody was owed them.
+    _delete(_store("a", "deleted before the hub started").id)
+
+    async def body(hub: Hub) -> None:
+        assert hub.last_id == 0
+        subscriber = await live_subscriber(hub)
+        event = await apublish("a", "first")
+        assert event.id > 1
+        assert ids(await receive(subscriber, 1)) == [event.id]
+        assert subscriber.closed is None
+
+    run_with_hub(body, warm_up=False)
+
+
+def test_streams_replaying_or_being_let_in_end_too_at_a_pruned_gap():
+    """What the deleted ids were is gone, a revocation among them perhaps: a stream still
+    replaying, and one being let in, end as the live ones do; their clients resume from
+    their cursors and are authorized again."""
+
+    async def body(hub: Hub) -> None:
+        start = hub.last_id
+        subscriber = await hub.subscribe(["a"], "7")
+        stream = EventStream(subscriber, str(start)).body()
+        # Nothing to replay yet; the stream counts on the hub for what comes next.
+        assert await next_chunk(stream) == sse.catchup_start_frame(start)
+        ticket = hub.ticket()
+        kept = await pruned_before_the_hub_read_them(hub, 10, kept=3)
+        # No event: what the stream had in flight is its catch-up's end, at its cursor.
+        assert [chunk async for chunk in stream] == [sse.catchup_end_frame(0, start)]
+        assert subscriber.closed == "history-gone"
+        assert hub.attach(["a"], "8", ticket).closed == "history-gone"
+        resumed = await hub.subscribe(["a"], "7")
+        stream = EventStream(resumed, str(start)).body()
+        oldest = kept[0].id
+        assert await next_chunk(stream) == sse.reset_frame("history-gone", oldest, oldest - 1)
+        assert await next_chunk(stream) == sse.catchup_start_frame(oldest - 1)
+        assert await next_chunk(stream) == frames(kept)
         await stream.aclose()
 
     run_with_hub(body)

@@ -2,10 +2,11 @@
 always kept, pruning after publish one batch at a time, and the stream's history-gone reset."""
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -65,9 +66,89 @@ def test_max_events_keeps_the_newest():
 
 def test_both_limits_delete_what_either_one_would():
     ids = publish(6)
-    backdate([ids[3]], days=30)  # old, but among the newest four
+    backdate(ids[:3], days=30)
     list(retention.prune(Retention(86400, 4), batch_size=100))
-    assert stored() == [ids[2], ids[4], ids[5]]
+    assert stored() == ids[3:]  # max_age deleted more
+    list(retention.prune(Retention(86400, 2), batch_size=100))
+    assert stored() == ids[4:]  # max_events deleted more
+
+
+# -- only ever a prefix of the ids ----------------------------------------------------------
+# ``created`` is the publishing process's clock, read before the publisher waits for the
+# ordering lock; publishers on other hosts have other clocks. So ``created`` may run against
+# id order, and a stream that resumes across a deleted id that is above the oldest kept one
+# would never be told (it compares its cursor with the oldest id).
+
+
+def test_max_age_deletes_only_the_ids_below_the_first_recent_one():
+    ids = publish(5)
+    # ids[3] looks old (its publisher's clock is behind), but ids[2] before it is recent.
+    backdate([ids[0], ids[1], ids[3]], days=30)
+    prune_pass = retention.plan(Retention(86400, None))
+    assert prune_pass is not None and retention.count(prune_pass) == 2
+    list(retention.prune(Retention(86400, None), batch_size=1))
+    assert stored() == ids[2:]
+
+
+def test_a_client_resuming_across_an_event_that_looks_older_than_the_next_misses_nothing(server):
+    ids = publish(3)
+    backdate([ids[1]], days=30)
+    list(retention.prune(Retention(86400, None), batch_size=100))
+    with SSEClient(f"{server.url}/notify/stream/", last_event_id=str(ids[0])) as client:
+        got = client.until(lambda event: event.event == "notify.catchup-end")
+    assert [int(event.id) for event in got if event.event == "message"] == ids[1:]
+
+
+def _advisory_lock_waiters() -> int:
+    """Sessions of this database waiting for an advisory lock (pg_locks, not
+    pg_stat_activity: that one is a snapshot taken once per transaction)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_publishers_waiting_for_the_ordering_lock_store_created_out_of_id_order():
+    """One cause, without touching ``created``: a publisher in autocommit reads the clock,
+    then waits for the ordering lock that a transaction holds, which publishes once more.
+    Pruning by age then still deletes only the ids below the first recent one."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the ordering lock, and publishing in one statement, are PostgreSQL's")
+    published: dict[str, int] = {}
+
+    def waiting_publisher() -> None:
+        try:
+            published["waiting"] = notify.publish("broadcast", "waited for the lock").id
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        held = notify.publish("broadcast", "holds the lock until its commit").id
+        thread = threading.Thread(target=waiting_publisher)
+        thread.start()
+        for _ in range(500):
+            if _advisory_lock_waiters():
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the second publisher never waited for the ordering lock")
+        # Apart far enough that a cutoff falls between the two clock readings, whatever
+        # the few milliseconds between computing it and pruning.
+        time.sleep(0.5)
+        later = notify.publish("broadcast", "published while the other waited").id
+    thread.join()
+    waiting = published["waiting"]
+    newest = notify.publish("broadcast", "newest").id
+    created = dict(Event.objects.values_list("id", "created"))
+    assert held < later < waiting < newest
+    assert created[waiting] < created[later], "created followed id order here"
+    # A cutoff between the two: ``waiting`` is older than it, ``later`` (an id below) is not.
+    cutoff = created[waiting] + (created[later] - created[waiting]) / 2
+    max_age = (timezone.now() - cutoff).total_seconds()
+    list(retention.prune(Retention(max_age, None), batch_size=100))
+    assert stored() == [later, waiting, newest]
 
 
 def test_the_newest_event_is_always_kept():
@@ -157,6 +238,34 @@ def test_a_client_whose_cursor_was_pruned_gets_history_gone(server):
         assert reset.id == str(ids[4] - 1)
         got = client.until(lambda event: event.event == "notify.catchup-end")
     assert [int(event.id) for event in got if event.event == "message"] == [ids[4], ids[5], later]
+
+
+def test_a_live_stream_whose_events_were_deleted_before_the_hub_read_them_ends(server):
+    publish(1)  # the hub starts at a stored id
+    with SSEClient(f"{server.url}/notify/stream/") as client:
+        opened = client.next()
+        assert opened.event == "notify.open"
+        # A burst whose notices never came (their publisher could not reach Redis), deleted
+        # but for the newest before the hub read them (in the same transaction: whenever the
+        # hub reads next, they are gone). It cannot tell which channels they were on, and
+        # ends the stream rather than skip them.
+        with transaction.atomic():
+            burst = [Event.objects.create(channel="broadcast", data=n) for n in range(5)]
+            list(retention.prune(Retention(None, 1), batch_size=100))
+        noticed = notify.publish("broadcast", "noticed")
+        with pytest.raises(EOFError):
+            client.next()
+    with SSEClient(f"{server.url}/notify/stream/", last_event_id=opened.id) as client:
+        reset = client.next()
+        assert (reset.event, payload(reset)) == (
+            "notify.reset",
+            {"reason": "history-gone", "oldest_id": burst[-1].id},
+        )
+        got = client.until(lambda event: event.event == "notify.catchup-end")
+    assert [int(event.id) for event in got if event.event == "message"] == [
+        burst[-1].id,
+        noticed.id,
+    ]
 
 
 def test_pruning_while_others_publish_loses_nothing_it_should_keep():

@@ -23,7 +23,8 @@ from django.db import transaction
 from websockets.exceptions import InvalidStatus
 
 import notify
-from notify import shutdown, websocket
+from notify import retention, shutdown, websocket
+from notify.conf import Retention
 from notify.models import Event
 from tests.conftest import REDIS_PREFIX, Server, SSEClient, payload
 from tests.policies import POLICY
@@ -390,6 +391,30 @@ def test_the_lifetime_ends_with_4000_and_the_cursor_resumes(start_server):
     missed = notify.publish("a", "between")
     with WSClient(ws_url(server, "a", lastEventId=str(event.id))) as ws:
         assert event_ids(ws.until_type("notify.catchup-end")) == [missed.id]
+
+
+def test_events_deleted_before_the_hub_read_them_end_with_4000_and_the_cursor_is_told(server):
+    notify.publish("a", "the hub starts at a stored id")
+    with WSClient(ws_url(server, "a")) as ws:
+        cursor = opened(ws)["id"]
+        # A burst whose notices never came (their publisher could not reach Redis), deleted
+        # by a tiny retention but for the newest before the hub read them (in the same
+        # transaction: whenever the hub reads next, they are gone).
+        with transaction.atomic():
+            burst = [Event.objects.create(channel="a", data=n) for n in range(5)]
+            list(retention.prune(Retention(None, 1), batch_size=100))
+        noticed = notify.publish("a", "noticed")
+        assert ws.ended().code == websocket.ENDED
+    with WSClient(ws_url(server, "a", lastEventId=str(cursor))) as ws:
+        ws.next()  # the retry
+        oldest = burst[-1].id
+        assert ws.next() == {
+            "type": "notify.reset",
+            "id": oldest - 1,
+            "reason": "history-gone",
+            "oldest_id": oldest,
+        }
+        assert event_ids(ws.until_type("notify.catchup-end")) == [oldest, noticed.id]
 
 
 def test_sigterm_sends_a_retry_then_closes_with_4012_and_nothing_is_lost(start_server):

@@ -101,6 +101,7 @@ def test_close_codes_are_the_applications_and_say_what_to_do():
         "revoked",
         "lifetime",
         "hub-closed",
+        "history-gone",
     }
     assert websocket.REFUSAL_CODES == {400: 4400, 403: 4403, 429: 4429, 503: 4503}
 

@@ -58,8 +58,9 @@ def _events(count: int) -> str:
 
 class Command(BaseCommand):
     help = (
-        "Delete old events now. An event goes when it is older than --older-than or is not "
-        "among the newest --keep; the newest event is always kept. Without either option, "
+        "Delete old events now. An event goes when it, and every event before it, is older "
+        "than --older-than, or when it is not among the newest --keep; the newest event is "
+        "always kept. Without either option, "
         'NOTIFY["RETENTION"] applies (when it keeps every event, there is nothing to do and '
         "the command says so and exits with status 0). Deletes in batches of --batch-size, "
         "one DELETE each, so that publishers wait at most one batch; events published while "

@@ -878,7 +878,8 @@ export class NotifyClient {
       this._setStatus("open", {});
       callHook(this._hooks.onCatchup, "end", data);
     } else if (name === "notify.reset") {
-      // After "history-gone" the catch-up of what is left follows; otherwise live events.
+      // After "history-gone" the catch-up of what is left follows (or goes on, when events
+      // were deleted during it); otherwise live events.
       if (data?.reason !== "history-gone") {
         this._setStatus("open", {});
       }
