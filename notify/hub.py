@@ -258,7 +258,11 @@ class Hub:
         if self.ready.done():
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self.ready), READY_TIMEOUT)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result, and
+            # drops a cancellation (the client left) that lands as ``ready`` completes; the
+            # stream would then go on for a client that is gone.
+            async with asyncio.timeout(READY_TIMEOUT):
+                await asyncio.shield(self.ready)
         except TimeoutError as exc:
             raise HubUnavailable("the database could not be read") from exc
 

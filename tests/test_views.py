@@ -7,6 +7,7 @@ tests/test_asgi.py (``StreamContract``) against such a project (tests/asgi_unwra
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import time
@@ -124,3 +125,25 @@ def test_clients_that_leave_before_the_body_starts_leave_nothing_behind(start_se
     finally:
         for response in opened:
             response.close()
+
+
+def test_clients_that_leave_while_a_new_process_starts_its_hub_leave_no_stream(start_server):
+    """The first streams of a process wait for its hub to read where it starts; clients that
+    leave meanwhile must not leave streams running for nobody (uvicorn drops writes to a
+    gone client silently, so nothing else would end them)."""
+    leaked = []
+    for attempt in range(4):
+        server = start_server(kind="uvicorn", app="tests.asgi_unwrapped:application")
+        rng = random.Random(attempt)
+        sockets = []
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"GET /notify/stream/?channel=a HTTP/1.1\r\nHost: x\r\n\r\n")
+            sockets.append(sock)
+        for sock in sockets:
+            time.sleep(rng.uniform(0, 0.004))
+            sock.close()
+        wait_until(lambda server=server: open_stream_count(server) == 0, 3.0)
+        leaked.append(open_stream_count(server))
+        server.stop()
+    assert leaked == [0, 0, 0, 0]
