@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib import import_module
 from typing import Any
@@ -25,6 +26,8 @@ from notify import authorization, limits
 from notify.db import db_call
 from notify.hub import Hub, HubUnavailable, Subscriber, Ticket, get_hub
 from notify.stream import StreamRequest
+
+logger = logging.getLogger("notify.admission")
 
 # What a client refused for want of a database is told to wait, in seconds.
 UNAVAILABLE_RETRY_AFTER = 5
@@ -51,19 +54,30 @@ class Admission:
     until it joins the hub (``attach``). ``close()`` undoes all of it, once; every way out,
     an exception or a cancellation at any ``await``, must reach it."""
 
-    __slots__ = ("closed", "counter", "hub", "owner", "subscriber", "ticket", "user_id")
+    __slots__ = (
+        "closed",
+        "counter",
+        "hub",
+        "owner",
+        "session",
+        "subscriber",
+        "ticket",
+        "user_id",
+    )
 
     def __init__(
         self,
         hub: Hub,
         ticket: Ticket,
         user_id: str | None,
+        session: str | None,
         owner: str,
         counter: limits.StreamCounter | None,
     ) -> None:
         self.hub = hub
         self.ticket = ticket
         self.user_id = user_id
+        self.session = session
         self.owner = owner
         self.counter = counter
         self.subscriber: Subscriber | None = None
@@ -74,7 +88,7 @@ class Admission:
         the one that streams: when it ends, however it ends, the admission is closed."""
         if self.closed:
             raise RuntimeError("attach() after close()")
-        subscriber = self.hub.attach(channels, self.user_id, self.ticket)
+        subscriber = self.hub.attach(channels, self.user_id, self.ticket, self.session)
         self.subscriber = subscriber
         task = asyncio.current_task()
         if task is not None:
@@ -101,6 +115,8 @@ async def admit(scope: Mapping[str, Any], channels: Sequence[str]) -> Admission:
     middleware: ``notify.routing``), so that a revocation stored from then on, even while
     the session is being read, closes the stream as it joins."""
     hub = get_hub()
+    if "user" in scope and TICKET_SCOPE_KEY not in scope:
+        _warn_without_ticket()
     if TICKET_SCOPE_KEY in scope:
         ticket = scope[TICKET_SCOPE_KEY]
         if ticket is None:
@@ -130,8 +146,31 @@ async def admit(scope: Mapping[str, Any], channels: Sequence[str]) -> Admission:
     except BaseException:
         ticket.close()
         raise
+    session = None
+    if access.user_id is not None:
+        # The session that let the user in, if any: a logout, or a login in its browser,
+        # ends the streams of that session (not those of the user's other sessions).
+        key = parse_cookie(_cookie_header(scope)).get(settings.SESSION_COOKIE_NAME)
+        session = authorization.session_digest(key) if key else None
     # No await from here to the caller's try: nothing can cancel the stream in between.
-    return Admission(hub, ticket, access.user_id, owner, counter)
+    return Admission(hub, ticket, access.user_id, session, owner, counter)
+
+
+_warned = False
+
+
+def _warn_without_ticket() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        logger.warning(
+            "notify: a stream's user was looked up by a middleware outside "
+            "notify.routing.TicketMiddleware (scope['user'] was set before notify saw the "
+            "connection): a revocation stored while it read the session would be missed. "
+            "Route WebSocket streams with notify.routing.websocket_application(), or put "
+            "TicketMiddleware outside the middleware that finds the user; serve SSE streams "
+            "with NotifyASGIHandler outside any such middleware."
+        )
 
 
 @contextlib.asynccontextmanager

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from django.apps import apps
 from django.http import HttpRequest
+from django.utils.crypto import salted_hmac
 from django.utils.module_loading import import_string
 
 from notify.conf import notify_settings
@@ -99,6 +100,12 @@ def anonymous_user() -> Any:
     from django.contrib.auth.models import AnonymousUser
 
     return AnonymousUser()
+
+
+def session_digest(session_key: str) -> str:
+    """What a stream and a revocation name a session by: a keyed digest of its key, which
+    is a credential (the cookie) and is never stored nor held as it is."""
+    return salted_hmac("notify.session", session_key, algorithm="sha256").hexdigest()[:32]
 
 
 def describe_refusal(channels: Sequence[str]) -> str:

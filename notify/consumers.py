@@ -24,7 +24,7 @@ from channels.consumer import AsyncConsumer
 from django.core.exceptions import ValidationError
 
 from notify import limits, metrics, shutdown, websocket
-from notify.admission import TICKET_SCOPE_KEY, Refused, admitted, header
+from notify.admission import Refused, admitted, header
 from notify.backpressure import websocket_flow_control
 from notify.conf import notify_settings
 from notify.hub import Subscriber, cancelled_by_hub
@@ -123,8 +123,6 @@ class StreamConsumer(AsyncConsumer):
             await self._send([websocket.retry_message(shutdown.reconnect_delay())])
             await self._close(websocket.SHUTDOWN, "the server is shutting down")
             return
-        if "user" in scope and TICKET_SCOPE_KEY not in scope:
-            _warn_without_ticket()
         try:
             async with admitted(scope, request) as subscriber:
                 await self._stream(request, subscriber)
@@ -170,21 +168,6 @@ class StreamConsumer(AsyncConsumer):
     async def _close(self, code: int, reason: str) -> None:
         await self.server_send(
             {"type": "websocket.close", "code": code, "reason": websocket.close_reason(reason)}
-        )
-
-
-_warned = False
-
-
-def _warn_without_ticket() -> None:
-    global _warned
-    if not _warned:
-        _warned = True
-        logger.warning(
-            "notify: the WebSocket stream's user was looked up by a middleware outside "
-            "notify.routing.TicketMiddleware: a revocation stored while it read the session "
-            "would be missed. Route the stream with notify.routing.websocket_application(), "
-            "or put TicketMiddleware outside the middleware that finds the user."
         )
 
 

@@ -14,17 +14,21 @@ import json
 
 #: Channels of this prefix are notify's own: publishing to or streaming them is refused.
 RESERVED_PREFIX = "notify."
-#: The channel, and event type, of a revocation; its data is ``{"users": [pk, ...]}``.
+#: The channel, and event type, of a revocation; its data is ``{"users": [pk, ...]}``
+#: (every stream of those users) and/or ``{"sessions": [digest, ...]}`` (the streams let in
+#: by those sessions, named by ``notify.authorization.session_digest``).
 REVOCATION = "notify.revoke"
 
 
-def revoked_users(message: str) -> list[str]:
-    """The pks (as ``str``) that a revocation's envelope (its SSE ``data:`` line) names.
-    Raises ValueError when it names none, or is not a revocation's envelope."""
+def revoked(message: str) -> tuple[list[str], list[str]]:
+    """The user pks and the session digests that a revocation's envelope (its SSE ``data:``
+    line) names. Raises ValueError when it is not a revocation's envelope."""
     try:
-        users = json.loads(message)["data"]["users"]
-    except (TypeError, KeyError, json.JSONDecodeError) as exc:
+        data = json.loads(message)["data"]
+        users, sessions = data.get("users", []), data.get("sessions", [])
+    except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a revocation: {message[:80]!r}") from exc
-    if not isinstance(users, list) or not all(isinstance(pk, str) for pk in users):
-        raise ValueError(f"not a revocation: {message[:80]!r}")
-    return users
+    for names in (users, sessions):
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"not a revocation: {message[:80]!r}")
+    return users, sessions

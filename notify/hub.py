@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from notify import metrics
 from notify.broker import Broker, Notice, Resync, decode_notice, get_broker
 from notify.conf import notify_settings
-from notify.control import REVOCATION, revoked_users
+from notify.control import REVOCATION, revoked
 from notify.db import db_call
 from notify.history import events_after, id_bounds
 from notify.sse import created_timestamp
@@ -60,15 +60,24 @@ class Subscriber:
         "paused",
         "replaying",
         "sending",
+        "session",
         "task",
         "user_id",
         "waiter",
     )
 
-    def __init__(self, channels: tuple[str, ...], now: float, user_id: str | None = None) -> None:
+    def __init__(
+        self,
+        channels: tuple[str, ...],
+        now: float,
+        user_id: str | None = None,
+        session: str | None = None,
+    ) -> None:
         self.channels = channels
-        # The pk of the stream's user, by which ``notify.revoke`` finds it (None: nobody's).
+        # The pk of the stream's user, by which ``notify.revoke`` finds it (None: nobody's),
+        # and the digest of the session it was let in by (a logout ends that session only).
         self.user_id = user_id
+        self.session = session
         # A list, not a deque: an empty deque holds a block of 64 slots (about 600 bytes per
         # idle stream), and the buffer is only ever appended to and taken whole.
         self.frames: list[Notice] = []
@@ -182,22 +191,37 @@ class Ticket:
     and ``Hub.attach`` closes the stream as it joins (see ``Hub.revoke``). Close it once
     the stream has joined, or has been refused."""
 
-    __slots__ = ("hub", "revoked", "void")
+    __slots__ = ("hub", "revoked", "revoked_sessions", "void")
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        # The users revoked since the ticket was taken (None: nobody yet).
+        # The users and sessions revoked since the ticket was taken (None: none yet).
         self.revoked: set[str] | None = None
+        self.revoked_sessions: set[str] | None = None
         # Set when whatever came since cannot be known: the reason the stream ends with.
         self.void: str | None = None
 
     def close(self) -> None:
         self.hub.tickets.discard(self)
 
-    def _note(self, users: Iterable[str]) -> None:
-        if self.revoked is None:
-            self.revoked = set()
-        self.revoked.update(users)
+    def _note(self, users: list[str], sessions: list[str]) -> None:
+        if users:
+            if self.revoked is None:
+                self.revoked = set()
+            self.revoked.update(users)
+        if sessions:
+            if self.revoked_sessions is None:
+                self.revoked_sessions = set()
+            self.revoked_sessions.update(sessions)
+
+    def covers(self, user_id: str | None, session: str | None) -> bool:
+        """Whether a revocation noted here ends a stream of ``user_id`` let in by
+        ``session``."""
+        return (user_id is not None and self.revoked is not None and user_id in self.revoked) or (
+            session is not None
+            and self.revoked_sessions is not None
+            and session in self.revoked_sessions
+        )
 
 
 def cancelled_by_hub(subscriber: Subscriber) -> bool:
@@ -220,6 +244,7 @@ class Hub:
         self.by_channel: dict[str, set[Subscriber]] = {}
         self.subscribers: set[Subscriber] = set()
         self.by_user: dict[str, set[Subscriber]] = {}
+        self.by_session: dict[str, set[Subscriber]] = {}
         # Streams being let in (see ``Ticket``).
         self.tickets: set[Ticket] = set()
         # Set by ``close()``: a stream that joins from then on ends at once.
@@ -275,21 +300,30 @@ class Hub:
         return ticket
 
     async def subscribe(
-        self, channels: Iterable[str], user_id: str | None = None, ticket: Ticket | None = None
+        self,
+        channels: Iterable[str],
+        user_id: str | None = None,
+        ticket: Ticket | None = None,
+        session: str | None = None,
     ) -> Subscriber:
         """``attach``, once the hub is ready (raises ``HubUnavailable``)."""
         await self.until_ready()
-        return self.attach(channels, user_id, ticket)
+        return self.attach(channels, user_id, ticket, session)
 
     def attach(
-        self, channels: Iterable[str], user_id: str | None = None, ticket: Ticket | None = None
+        self,
+        channels: Iterable[str],
+        user_id: str | None = None,
+        ticket: Ticket | None = None,
+        session: str | None = None,
     ) -> Subscriber:
         """Register for live events; the hub must be ready. Call before querying for the
-        replay. ``user_id`` (the pk of the stream's user) lets ``revoke`` close the stream;
-        ``ticket``, taken before that user was looked up, closes it at once if the user was
-        revoked since. The subscriber is dropped when the calling task ends, whatever the
-        stream's own clean-up does."""
-        subscriber = Subscriber(tuple(channels), self.loop.time(), user_id)
+        replay. ``user_id`` (the pk of the stream's user) and ``session`` (the digest of the
+        session that let it in) let ``revoke`` close the stream; ``ticket``, taken before
+        that user was looked up, closes it at once if either was revoked since. The
+        subscriber is dropped when the calling task ends, whatever the stream's own clean-up
+        does."""
+        subscriber = Subscriber(tuple(channels), self.loop.time(), user_id, session)
         subscriber.hub = self
         if self.current():
             subscriber.origin = self.last_id
@@ -299,13 +333,13 @@ class Hub:
         self._emptied.clear()
         if user_id is not None:
             self.by_user.setdefault(user_id, set()).add(subscriber)
+        if session is not None:
+            self.by_session.setdefault(session, set()).add(subscriber)
         if ticket is not None:
             ticket.close()
             if ticket.void is not None:
                 subscriber.close(ticket.void)
-            elif ticket.hub is not self or (
-                user_id is not None and ticket.revoked is not None and user_id in ticket.revoked
-            ):
+            elif ticket.hub is not self or ticket.covers(user_id, session):
                 # Authorized before a revocation of its user reached the hub (or by a hub
                 # that has since been replaced, whose revocations this one never saw).
                 subscriber.close("revoked")
@@ -342,24 +376,30 @@ class Hub:
                 streams.discard(subscriber)
                 if not streams:
                     del self.by_channel[channel]
-        if subscriber.user_id is not None:
-            streams = self.by_user.get(subscriber.user_id)
-            if streams is not None:
-                streams.discard(subscriber)
-                if not streams:
-                    del self.by_user[subscriber.user_id]
+        for index, key in (
+            (self.by_user, subscriber.user_id),
+            (self.by_session, subscriber.session),
+        ):
+            if key is not None:
+                streams = index.get(key)
+                if streams is not None:
+                    streams.discard(subscriber)
+                    if not streams:
+                        del index[key]
 
-    def revoke(self, users: Iterable[str]) -> None:
-        """Close this hub's streams of the users whose pks are ``users`` (reason
-        ``"revoked"``), and those being let in (``Ticket``); their clients reconnect and
-        are authorized again. ``notify.revoke`` stores the revocation in the event log,
-        and every hub of every process meets it there, in id order (``_deliver``)."""
-        users = list(users)
-        for user_id in users:
-            for subscriber in list(self.by_user.get(user_id, ())):
-                subscriber.close("revoked")
+    def revoke(self, users: Iterable[str], sessions: Iterable[str] = ()) -> None:
+        """Close this hub's streams of the users whose pks are ``users`` and those let in by
+        ``sessions`` (digests), with the reason ``"revoked"``, and those being let in
+        (``Ticket``); their clients reconnect and are authorized again. ``notify.revoke``
+        stores the revocation in the event log, and every hub of every process meets it
+        there, in id order (``_deliver``)."""
+        users, sessions = list(users), list(sessions)
+        for index, keys in ((self.by_user, users), (self.by_session, sessions)):
+            for key in keys:
+                for subscriber in list(index.get(key, ())):
+                    subscriber.close("revoked")
         for ticket in self.tickets:
-            ticket._note(users)
+            ticket._note(users, sessions)
 
     async def drain(self, grace: float) -> None:
         """End every stream, for a shutdown (see ``notify.shutdown``). Open streams are
@@ -446,11 +486,11 @@ class Hub:
             # the events that have streams nothing. It is acted on at its place in id
             # order: no event after it reaches a stream it revokes.
             try:
-                users = revoked_users(notice.message)
+                users, sessions = revoked(notice.message)
             except ValueError:
                 logger.warning("notify: ignoring a malformed revocation #%d", notice.id)
             else:
-                self.revoke(users)
+                self.revoke(users, sessions)
 
     def _schedule_gap_fill(self, immediately: bool = False) -> None:
         if self._gap_task is not None and not self._gap_task.done():

@@ -34,6 +34,7 @@ from django.db.models import Max, Min, QuerySet
 from django.utils import timezone
 
 from notify.conf import Retention, notify_settings
+from notify.control import REVOCATION
 from notify.models import Event
 
 logger = logging.getLogger("notify.retention")
@@ -66,9 +67,10 @@ def plan(retention: Retention, using: str | None = None) -> PrunePass | None:
         first_recent = events.filter(created__gte=cutoff).aggregate(first=Min("id"))["first"]
         bounds.append(newest if first_recent is None else first_recent)
     if retention.max_events is not None:
-        first_dropped = events.order_by("-id").values_list("id", flat=True)[retention.max_events :][
-            :1
-        ]
+        # Revocations (notify.control) do not count: logging in and out stores them, and
+        # any user could otherwise push the site's events out of their history.
+        kept = events.exclude(channel=REVOCATION).order_by("-id").values_list("id", flat=True)
+        first_dropped = kept[retention.max_events :][:1]
         boundary = next(iter(first_dropped), None)
         if boundary is not None:
             bounds.append(boundary + 1)

@@ -19,7 +19,7 @@ that builds its own stack puts ``TicketMiddleware`` outside whatever looks up th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import ParseResult, urlparse
 
@@ -127,12 +127,33 @@ class TicketMiddleware:
     revocation stored while it does (a logout at that moment) would otherwise reach the hub
     before the stream could be found by it, and the stream would live on with its user's
     old rights. Put it outside any middleware that looks up the user; ``websocket_application``
-    does."""
+    does.
 
-    def __init__(self, application: Any) -> None:
+    ``streams``: the routes of the stream among those inside (as given to Channels'
+    ``URLRouter``); only their connections take a ticket, which is held until the stream
+    joins the hub. None: every connection takes one, for a stack that routes nothing else.
+    (A ticket held by a long-lived connection of another consumer would collect every
+    revocation for as long as it lives.)"""
+
+    def __init__(self, application: Any, streams: Sequence[URLPattern] | None = None) -> None:
         self.application = application
+        self.streams = None if streams is None else list(streams)
+
+    def _is_stream(self, scope: Any) -> bool:
+        if self.streams is None:
+            return True
+        # Matched as Channels' URLRouter matches it.
+        path: str = scope.get("path", "")
+        root_path: str = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :]
+        path = path.lstrip("/")
+        return any(route.pattern.match(path) for route in self.streams)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if not self._is_stream(scope):
+            await self.application(scope, receive, send)
+            return
         hub = get_hub()
         try:
             await hub.until_ready()
@@ -161,7 +182,15 @@ def websocket_application(
     ``database_sync_to_async`` gives every handshake of the process in turn. Measured, 500
     handshakes at once took about as long either way (1.5-1.8 s, the client included):
     keep the stack when the project's other consumers want ``scope["user"]``."""
-    routes = URLRouter(websocket_urlpatterns if urlpatterns is None else urlpatterns)
+    patterns = websocket_urlpatterns if urlpatterns is None else urlpatterns
+    routes = URLRouter(patterns)
     if auth_middleware:
-        routes = TicketMiddleware(AuthMiddlewareStack(routes))
+        streams = [pattern for pattern in patterns if _serves_streams(pattern)]
+        routes = TicketMiddleware(AuthMiddlewareStack(routes), streams)
     return StreamOriginValidator(routes)
+
+
+def _serves_streams(pattern: URLPattern) -> bool:
+    # ``as_asgi()`` keeps the consumer's class on the application it returns.
+    consumer = getattr(pattern.callback, "consumer_class", None)
+    return isinstance(consumer, type) and issubclass(consumer, StreamConsumer)

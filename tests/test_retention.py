@@ -64,6 +64,18 @@ def test_max_events_keeps_the_newest():
     assert list(retention.prune(Retention(None, 2), batch_size=100)) == []
 
 
+def test_revocations_do_not_count_towards_max_events():
+    """Logging in and out stores revocations: a user who does it in a loop must not push the
+    site's events out of their history."""
+    from notify.revocation import revoke_sessions
+
+    ids = publish(3)
+    revocations = [row.id for n in range(10) for row in revoke_sessions([f"s{n}"])]
+    list(retention.prune(Retention(None, 2), batch_size=100))
+    # The two newest events, and the revocations stored after them (a prefix of ids goes).
+    assert stored() == [*ids[1:], *revocations]
+
+
 def test_both_limits_delete_what_either_one_would():
     ids = publish(6)
     backdate(ids[:3], days=30)

@@ -9,22 +9,29 @@ import json
 import random
 import threading
 import time
+from importlib import import_module
 
 import httpx
 import pytest
+from asgiref.sync import async_to_sync
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth.models import Group, User
-from django.db import transaction
+from django.db import connections, transaction
 from django.test import Client
+from django.urls import path
 from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as connect_websocket
 
 import notify
 from notify import revocation
+from notify.authorization import session_digest
 from notify.broker.local import LocalBroker
-from notify.hub import Hub
+from notify.hub import Hub, get_hub, reset_hubs
 from notify.models import Event
+from notify.routing import websocket_application, websocket_urlpatterns
 from tests.conftest import Server, SSEClient, StartServer
 from tests.test_asgi import stream_url
 from tests.test_stream_authorization import assert_refused, session_cookie
@@ -255,7 +262,7 @@ def test_a_big_group_is_revoked_in_rows_of_a_bounded_size():
     assert len(Event.objects.filter(channel="notify.revoke")) == 3
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     ("change", "revokes"),
     [
@@ -454,3 +461,161 @@ def test_a_logout_ends_the_streams_being_let_in_too(start_server: StartServer, a
         assert not any(leaked.values()), f"round {round}: events after the logout: {leaked}"
     for server in servers:
         assert "Traceback" not in server.output()
+
+
+# -- what the review found ------------------------------------------------------------------
+
+
+def browser_cookie(client: Client) -> dict[str, str]:
+    """The ``Cookie`` header of the browser ``client`` stands for, as it is now."""
+    value = client.cookies[settings.SESSION_COOKIE_NAME].value
+    return {"Cookie": f"{settings.SESSION_COOKIE_NAME}={value}"}
+
+
+def test_a_logout_ends_the_streams_of_that_session_only(servers: list[Server]):
+    alice = User.objects.create_user("alice")
+    laptop, laptop_cookie = logged_in(alice)
+    _, phone_cookie = logged_in(alice)
+    url = stream_url(servers[0], f"user:{alice.pk}")
+    with SSEClient(url, headers=laptop_cookie) as on_laptop:
+        with SSEClient(
+            stream_url(servers[1], f"user:{alice.pk}"), headers=phone_cookie
+        ) as on_phone:
+            for stream in (on_laptop, on_phone):
+                assert stream.next().event == "notify.open"
+            laptop.logout()
+            event = notify.publish(f"user:{alice.pk}", "after the laptop's logout")
+            ended_within(on_laptop, 1.0)
+            assert on_phone.next().id == str(event.id)
+
+
+def test_a_login_as_another_user_ends_the_previous_users_streams(servers: list[Server]):
+    """Django's login() ends the session the browser came with when another user logs in
+    (it flushes it), and sends no user_logged_out for it."""
+    alice = User.objects.create_user("alice")
+    User.objects.create_user("bob", password="bob's password", is_staff=True)
+    browser, cookie = logged_in(alice)
+    url = stream_url(servers[0], f"user:{alice.pk}")
+    with SSEClient(url, headers=cookie) as stream:
+        assert stream.next().event == "notify.open"
+        response = browser.post("/admin/login/", {"username": "bob", "password": "bob's password"})
+        assert response.status_code == 302, response.content
+        notify.publish(f"user:{alice.pk}", "alice's, after bob logged in")
+        ended_within(stream, 1.0)
+    assert_refused(url, f'not allowed to read channel "user:{alice.pk}"', cookie["Cookie"])
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "engine", ["django.contrib.sessions.backends.cache", "django.contrib.sessions.backends.db"]
+)
+def test_a_logout_whose_transaction_rolls_back_revokes_what_it_ended(settings, engine: str):
+    """A cache session is gone for good whatever the transaction does: its revocation must
+    not go with the rollback. A database session comes back with it: nothing to revoke."""
+    settings.SESSION_ENGINE = engine
+    browser = Client()
+    browser.force_login(User.objects.create_user("alice"))
+    key = browser.cookies[settings.SESSION_COOKIE_NAME].value
+    digest = session_digest(key)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        browser.logout()
+        raise RuntimeError("the view failed after logging out")
+    ended = engine.endswith(".cache")
+    assert import_module(engine).SessionStore().exists(key) is not ended
+
+    def stored() -> bool:
+        return any(
+            digest in row.data.get("sessions", ())
+            for row in Event.objects.filter(channel="notify.revoke")
+        )
+
+    deadline = time.monotonic() + 5
+    while ended and not stored() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stored() is ended
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_field_a_save_did_not_write_is_compared_by_the_save_that_writes_it():
+    alice = User.objects.create_user("alice")
+    alice = User.objects.get(pk=alice.pk)
+    alice.is_active = False
+    alice.first_name = "Alice"
+    alice.save(update_fields=["first_name"])  # is_active is not written: still active
+    assert not Event.objects.filter(channel="notify.revoke").exists()
+    alice.save()  # now it is
+    assert [row.data for row in Event.objects.filter(channel="notify.revoke")] == [
+        {"users": [str(alice.pk)]}
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_in_a_transaction_holds_no_other_publisher_and_is_revoked_at_commit():
+    """notify's own revocations are stored once the change commits, outside its transaction:
+    inside, on PostgreSQL, the ordering lock would hold every publisher of the site until
+    that transaction ends (and could deadlock with one that published and then touches the
+    same user). (PostgreSQL: SQLite lets one transaction write at a time anyway.)"""
+    if connections["default"].vendor != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    alice = User.objects.create_user("alice")
+    in_transaction, published = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def deactivate() -> None:
+        try:
+            with transaction.atomic():
+                alice.is_active = False
+                alice.save()
+                in_transaction.set()
+                assert published.wait(10), "a publish waited for this transaction"
+                assert not Event.objects.filter(channel="notify.revoke").exists()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=deactivate)
+    worker.start()
+    assert in_transaction.wait(10)
+    notify.publish("public:news", "not held up")
+    published.set()
+    worker.join(10)
+    assert errors == []
+    assert [row.data for row in Event.objects.filter(channel="notify.revoke")] == [
+        {"users": [str(alice.pk)]}
+    ]
+
+
+class Idle(AsyncWebsocketConsumer):
+    """A WebSocket consumer of the project's own, beside notify's stream."""
+
+    async def connect(self) -> None:
+        await self.accept()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_only_stream_connections_hold_a_ticket():
+    """Connections of the project's own consumers, routed with notify's stream as the
+    README says, take no ticket: one held for a connection's life would gather every
+    revocation meanwhile."""
+
+    async def main() -> None:
+        app = websocket_application([path("chat/", Idle.as_asgi()), *websocket_urlpatterns])
+        chats = [WebsocketCommunicator(app, "/chat/") for _ in range(3)]
+        for chat in chats:
+            assert (await chat.connect())[0]
+        hub = get_hub()
+        try:
+            assert hub.tickets == set()
+            stream = WebsocketCommunicator(app, "/notify/ws/?channel=public:news")
+            assert (await stream.connect())[0]
+            assert json.loads(await stream.receive_from())["type"] == "notify.retry"
+            assert json.loads(await stream.receive_from())["type"] == "notify.open"
+            assert hub.tickets == set()  # held until the stream joined the hub
+            await stream.disconnect()
+        finally:
+            for chat in chats:
+                await chat.disconnect()
+            reset_hubs()
+
+    async_to_sync(main)()
