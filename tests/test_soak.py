@@ -71,14 +71,23 @@ def logged_in(*connections: tuple[str, float | None, list[int]]) -> Received:
     return received
 
 
-@pytest.mark.parametrize("revocation", [LOGOUT, REVOKE])
-def test_a_stream_streaming_before_a_revocation_gets_nothing_after_it(revocation):
+@pytest.mark.parametrize(
+    ("revocation", "session"), [(LOGOUT, "s1"), (REVOKE, "s1"), (REVOKE, "s2")]
+)
+def test_a_stream_streaming_before_a_revocation_gets_nothing_after_it(revocation, session):
     # Streaming since 99.0, before the revocation began: 14 came after its event, 13.
-    verdict = judge([logged_in(("s2", 99.0, [10, 11, 12, 14]))], PRIVATE, [revocation])
+    verdict = judge([logged_in((session, 99.0, [10, 11, 12, 14]))], PRIVATE, [revocation])
     assert verdict.foreign == 1
     assert verdict.leaks == {revocation: Leak(connections=1, events=1, private=1)}
     assert "id 14 of 'user:7'" in verdict.examples["foreign"][0]
     assert verdict.revoked_connections == 1
+
+
+def test_a_logout_ends_the_streams_of_its_session_only():
+    # The user's other browser ("s2") is still logged in: its stream goes on.
+    verdict = judge([logged_in(("s2", 99.0, [10, 11, 12, 14, 15, 16]))], PRIVATE, [LOGOUT])
+    assert verdict.clean
+    assert verdict.revoked_connections == 0
 
 
 def test_what_came_before_the_revocation_event_is_fine_and_the_next_stream_gets_the_rest():

@@ -97,10 +97,15 @@ def change_password(pk: str) -> None:
     user.save()
 
 
-def revocations_since(mark: int, pk: str) -> tuple[int, list[int]]:
+def revocations_since(mark: int, pk: str, sessions: frozenset[str]) -> tuple[int, list[int]]:
     """The newest stored id, and the ids above ``mark`` of the revocation events that name
-    user ``pk`` (event log channel ``notify.revoke``, data ``{"users": [pk, ...]}``)."""
+    user ``pk`` or one of ``sessions`` (event log channel ``notify.revoke``, data
+    ``{"users": [pk, ...]}`` or ``{"sessions": [digest, ...]}``: a logout revokes its
+    session)."""
+    from notify.authorization import session_digest
     from notify.models import Event
+
+    digests = {session_digest(session) for session in sessions}
 
     newest = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
     found = [
@@ -108,7 +113,8 @@ def revocations_since(mark: int, pk: str) -> tuple[int, list[int]]:
         for event_id, data in Event.objects.filter(
             channel="notify.revoke", id__gt=mark, id__lte=newest
         ).values_list("id", "data")
-        if isinstance(data, dict) and pk in data.get("users", ())
+        if isinstance(data, dict)
+        and (pk in data.get("users", ()) or digests & set(data.get("sessions", ())))
     ]
     return newest, found
 
@@ -239,7 +245,7 @@ class Revoker:
             else:
                 await in_django(revoke, account.pk)
         finished = loop.time()
-        newest, found = await in_django(revocations_since, self.mark, account.pk)
+        newest, found = await in_django(revocations_since, self.mark, account.pk, ended)
         self.mark = newest
         if not found:
             self.unstored.append(f"the {kind} of user {account.pk} at {started:.2f}")

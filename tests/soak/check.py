@@ -107,8 +107,9 @@ def cutoff(connection: Connection, revocations: Sequence[Revocation]) -> Revocat
     """The first revocation after whose event ``connection`` may receive nothing more, of
     ``revocations`` (its user's). Two apply, both whatever the timing:
 
-    - one that began after the stream was streaming: its authorization began before the
-      revocation was stored, and a hub acts on revocations in id order;
+    - one of the user (not a logout, which revokes its session only) that began after the
+      stream was streaming: its authorization began before the revocation was stored, and
+      a hub acts on revocations in id order;
     - one that ended the session the connection carried (a logout, a password change): the
       session stops authenticating before the revocation is stored, so the stream was
       either authorized before the revocation (as above), or refused."""
@@ -117,7 +118,8 @@ def cutoff(connection: Connection, revocations: Sequence[Revocation]) -> Revocat
         for revocation in revocations
         if connection.session in revocation.ended_sessions
         or (
-            connection.streaming_since is not None
+            revocation.kind != "logout"
+            and connection.streaming_since is not None
             and connection.streaming_since < revocation.started
         )
     ]
