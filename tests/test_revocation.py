@@ -19,7 +19,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.db import connections, transaction
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import path
 from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
@@ -594,6 +594,7 @@ class Idle(AsyncWebsocketConsumer):
 
 
 @pytest.mark.django_db(transaction=True)
+@override_settings(NOTIFY={**settings.NOTIFY, "BROKER": "notify.broker.local.LocalBroker"})
 def test_only_stream_connections_hold_a_ticket():
     """Connections of the project's own consumers, routed with notify's stream as the
     README says, take no ticket: one held for a connection's life would gather every
@@ -616,6 +617,8 @@ def test_only_stream_connections_hold_a_ticket():
         finally:
             for chat in chats:
                 await chat.disconnect()
+            hub.close()
             reset_hubs()
+            await asyncio.sleep(0)
 
     async_to_sync(main)()
