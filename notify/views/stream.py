@@ -4,7 +4,6 @@ is not wrapped (it works, but Django's handler then keeps a thread per open stre
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import weakref
@@ -111,21 +110,20 @@ class StreamResponse(StreamingHttpResponse):
     def __init__(self, admission: Admission, streaming_content: AsyncIterator[bytes]) -> None:
         super().__init__(streaming_content)
         self.admission = admission
-        loop = asyncio.get_running_loop()
-        weakref.finalize(self, _close_in_loop, loop, admission)
+        weakref.finalize(self, _close_in_loop, admission)
 
     def close(self) -> None:
         try:
             super().close()
         finally:
             # Django calls close() from a thread of its own (sync_to_async).
-            _close_in_loop(self.admission.hub.loop, self.admission)
+            _close_in_loop(self.admission)
 
 
-def _close_in_loop(loop: asyncio.AbstractEventLoop, admission: Admission) -> None:
+def _close_in_loop(admission: Admission) -> None:
     # Admission.close() gives back a count through the loop's tasks: it runs there.
     with contextlib.suppress(RuntimeError):  # the loop is closed: nothing is left to free
-        loop.call_soon_threadsafe(admission.close)
+        admission.hub.loop.call_soon_threadsafe(admission.close)
 
 
 async def _body(admission: Admission, request: StreamRequest) -> AsyncIterator[bytes]:
